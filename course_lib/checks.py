@@ -1,0 +1,83 @@
+"""Friendly self-check helpers for the exercises' visible tests.
+
+A failed check raises `CheckFailed` (an AssertionError, so nbgrader counts it as a failed test)
+whose one-line message names the question, what was expected, what came back and a hint:
+
+    Q2 residual block: output shape (1, 128, 28, 28) expected, got (1, 128, 56, 56).
+    Hint: the first convolution of a downsampling block uses stride 2.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["CheckFailed", "check", "check_shape", "check_close", "check_equal", "check_type", "passed"]
+
+
+class CheckFailed(AssertionError):
+    """A visible test found a wrong answer; the message says what was expected."""
+
+
+def _fail(question: str, message: str, hint: str | None) -> None:
+    text = f"{question}: {message}"
+    if hint:
+        text += f"\nHint: {hint}"
+    raise CheckFailed(text)
+
+
+def check(condition: bool, question: str, message: str, hint: str | None = None) -> None:
+    """Fail with ``message`` unless ``condition`` holds."""
+    if not condition:
+        _fail(question, message, hint)
+
+
+def check_type(question: str, value, expected_type: type | tuple[type, ...], what: str = "the answer",
+               hint: str | None = None) -> None:
+    if not isinstance(value, expected_type):
+        names = (expected_type,) if isinstance(expected_type, type) else expected_type
+        wanted = " or ".join(t.__name__ for t in names)
+        _fail(question, f"{what} should be a {wanted}, got {type(value).__name__}", hint)
+
+
+def check_shape(question: str, tensor, expected: Sequence[int], what: str = "output shape",
+                hint: str | None = None) -> None:
+    """Fail unless ``tensor`` is a tensor of shape ``expected``."""
+    check_type(question, tensor, torch.Tensor, what="the output", hint=hint)
+    got, want = tuple(tensor.shape), tuple(int(d) for d in expected)
+    if got != want:
+        _fail(question, f"{what} {want} expected, got {got}", hint)
+
+
+def check_equal(question: str, got, expected, what: str = "value", hint: str | None = None) -> None:
+    """Fail unless ``got == expected`` (plain Python values: ints, strings, tuples)."""
+    if type(got) is not type(expected) and not (isinstance(got, int) and isinstance(expected, int)):
+        _fail(question, f"{what} {expected!r} expected, got {got!r} (a {type(got).__name__})", hint)
+    if got != expected:
+        _fail(question, f"{what} {expected!r} expected, got {got!r}", hint)
+
+
+def check_close(question: str, got, expected, what: str = "values", atol: float = 1e-5, rtol: float = 1e-4,
+                hint: str | None = None) -> None:
+    """Fail unless tensor ``got`` has ``expected``'s shape and values (within tolerances)."""
+    expected = torch.as_tensor(expected)
+    check_type(question, got, torch.Tensor, what=what, hint=hint)
+    if tuple(got.shape) != tuple(expected.shape):
+        _fail(question, f"{what}: shape {tuple(expected.shape)} expected, got {tuple(got.shape)}", hint)
+    got_cpu = got.detach().to("cpu", torch.float64)
+    exp_cpu = expected.detach().to("cpu", torch.float64)
+    if not torch.allclose(got_cpu, exp_cpu, atol=atol, rtol=rtol, equal_nan=False):
+        diff = (got_cpu - exp_cpu).abs()
+        worst = int(torch.nan_to_num(diff, nan=float("inf")).argmax())
+        _fail(
+            question,
+            f"{what} differ from the expected ones (largest difference {diff.flatten()[worst].item():.3g} "
+            f"at flat index {worst}: expected {exp_cpu.flatten()[worst].item():.6g}, "
+            f"got {got_cpu.flatten()[worst].item():.6g})",
+            hint,
+        )
+
+
+def passed(question: str) -> None:
+    """Print the friendly verdict at the end of a visible test cell."""
+    print(f"\u2714 {question}: all visible checks passed.")

@@ -1,0 +1,46 @@
+"""Execute a notebook headless, as a learner would run it top to bottom."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+
+def execute_notebook(path: Path, timeout: int = 900, env: dict[str, str] | None = None) -> nbformat.NotebookNode:
+    """Run every cell of ``path`` in a fresh kernel (working directory: the notebook's folder).
+
+    Quick mode and offline mode come from the environment (tests/conftest.py sets them).
+    Raises nbclient's CellExecutionError, naming the cell, if any cell fails.
+    """
+    nb = nbformat.read(path, as_version=4)
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(Path(path).parent)}},
+        )
+        client.execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def cell_outputs_text(nb: nbformat.NotebookNode) -> str:
+    """All stream and text/plain outputs of an executed notebook, joined (for asserting on printed facts)."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                parts.append(out.get("text", ""))
+            elif "data" in out and "text/plain" in out["data"]:
+                parts.append(out["data"]["text/plain"])
+    return "\n".join(parts)
