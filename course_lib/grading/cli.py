@@ -21,6 +21,8 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
     root = find_root()
     paths = sorted([*root.glob("notebooks/*.ipynb"), *root.glob("solutions/*.ipynb"), *root.glob("exercises/*.ipynb")])
     drifted = colab.check_or_fix(paths, root, fix=args.fix)
+    if colab.check_or_fix_readme(root, fix=args.fix):
+        drifted.append("README.md (lesson table)")
     verb = "updated" if args.fix else "out of date"
     for rel in drifted:
         print(f"{verb}: {rel}")
@@ -28,7 +30,7 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
         print("run `course notebooks --fix` to update the Colab badge and set-up cell", file=sys.stderr)
         return 1
     if not drifted:
-        print(f"all {len(paths)} notebooks carry the current Colab badge and set-up cell")
+        print(f"all {len(paths)} notebooks and the README carry the current Colab badges and set-up cell")
     return 0
 
 
