@@ -12,7 +12,17 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["CheckFailed", "check", "check_shape", "check_close", "check_equal", "check_type", "passed"]
+__all__ = [
+    "CheckFailed",
+    "check",
+    "check_shape",
+    "check_close",
+    "check_equal",
+    "check_type",
+    "check_same_parameters",
+    "copy_weights",
+    "passed",
+]
 
 
 class CheckFailed(AssertionError):
@@ -76,6 +86,32 @@ def check_close(question: str, got, expected, what: str = "values", atol: float 
             f"got {got_cpu.flatten()[worst].item():.6g})",
             hint,
         )
+
+
+def check_same_parameters(question: str, module, reference, what: str = "your module",
+                          hint: str | None = None) -> None:
+    """Fail unless ``module`` has the same state-dict names and shapes as ``reference`` (both nn.Modules)."""
+    check_type(question, module, torch.nn.Module, what=what, hint=hint)
+    got = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    want = {name: tuple(t.shape) for name, t in reference.state_dict().items()}
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}")
+        _fail(question, f"{what} has other layer names than expected ({'; '.join(parts)})", hint)
+    wrong = [name for name in want if got[name] != want[name]]
+    if wrong:
+        name = wrong[0]
+        _fail(question, f"{what}: {name} should have shape {want[name]}, got {got[name]}", hint)
+
+
+def copy_weights(question: str, module, reference, what: str = "your module", hint: str | None = None) -> None:
+    """Load ``module``'s weights and buffers into ``reference`` so both compute the same function."""
+    check_same_parameters(question, module, reference, what=what, hint=hint)
+    reference.load_state_dict(module.state_dict())
 
 
 def passed(question: str) -> None:

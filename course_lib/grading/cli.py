@@ -34,6 +34,106 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _course_dir(args: argparse.Namespace, root: Path) -> Path:
+    from .coursedir import DEFAULT_GRADING_DIR
+
+    return Path(args.course_dir).resolve() if args.course_dir else root / DEFAULT_GRADING_DIR
+
+
+def _jupyter_home(course_dir: Path | None):
+    """Jupyter/IPython/matplotlib files go to the grading folder, or to a temporary one."""
+    import contextlib
+    import tempfile
+
+    from .coursedir import JUPYTER_HOME
+
+    if course_dir is not None:
+        return contextlib.nullcontext(course_dir / JUPYTER_HOME)
+    return tempfile.TemporaryDirectory(prefix="course-jupyter-")
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from .coursedir import find_assignments
+    from .environment import isolated_environment
+    from .release import EXERCISES_DIR, release
+
+    root = find_root()
+    assignments = find_assignments(root / "solutions", args.assignments)
+    if not assignments:
+        print("course: no assignment sources in solutions/", file=sys.stderr)
+        return 1
+    course_dir = _course_dir(args, root) if args.course_dir else None
+    with _jupyter_home(course_dir) as home, isolated_environment(Path(home), root):
+        drifted = release(assignments, root / EXERCISES_DIR, check=args.check, course_dir=course_dir)
+    for path in drifted:
+        print(f"{'out of date' if args.check else 'released'}: {path.relative_to(root).as_posix()}")
+    if args.check and drifted:
+        print("run `course release` to regenerate exercises/ from solutions/", file=sys.stderr)
+        return 1
+    if not drifted:
+        print(f"all {len(assignments)} exercise notebooks are up to date")
+    if course_dir is not None:
+        print(f"nbgrader course folder: {course_dir}")
+    return 0
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from .autograde import GradingOptions
+    from .coursedir import find_assignments
+    from .environment import isolated_environment, quiet_libraries
+    from .export import write_grades_csv
+    from .orchestrator import grade_folder
+
+    root = find_root()
+    course_dir = _course_dir(args, root)
+    options = GradingOptions(timeout=args.timeout, setup_timeout=args.setup_timeout)
+    solutions = Path(args.solutions).resolve() if args.solutions else root / "solutions"
+    sources = {a.name: a for a in find_assignments(solutions)}
+    with _jupyter_home(course_dir) as home, isolated_environment(Path(home), root):
+        quiet_libraries()
+        run = grade_folder(Path(args.submissions), sources, course_dir, options, workers=args.workers,
+                           regrade=args.regrade, progress=not args.no_progress, only=args.assignments or None)
+        csv_path, rows = write_grades_csv(course_dir, Path(args.csv) if args.csv else course_dir / "grades.csv")
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(run.counts().items()))
+    print(f"graded {len(run.graded)} submissions ({counts or 'none'}); "
+          f"skipped {len(run.skipped)} already graded (use --regrade to grade them again)")
+    for record in run.graded:
+        if record.status != "graded" or record.message:
+            print(f"  {record.student}/{record.assignment}: {record.status}: {record.message}")
+    print(f"grades of {rows} submissions: {csv_path}")
+    return 0
+
+
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    from .environment import isolated_environment, quiet_libraries
+    from .feedback import generate_feedback
+
+    root = find_root()
+    course_dir = _course_dir(args, root)
+    with _jupyter_home(course_dir) as home, isolated_environment(Path(home), root):
+        quiet_libraries()
+        written = generate_feedback(course_dir, args.assignments or None, args.students or None)
+    print(f"wrote {len(written)} feedback pages under {course_dir / 'feedback'}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .environment import isolated_environment, quiet_libraries
+    from .export import write_grades_csv
+
+    root = find_root()
+    course_dir = _course_dir(args, root)
+    with _jupyter_home(course_dir) as home, isolated_environment(Path(home), root):
+        quiet_libraries()
+        csv_path, rows = write_grades_csv(course_dir, Path(args.csv) if args.csv else course_dir / "grades.csv")
+    print(f"grades of {rows} submissions: {csv_path}")
+    return 0
+
+
+def _add_course_dir(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--course-dir", metavar="DIR", help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="course", description="Tools for the course 'From CNN blocks to object detectors'.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +143,40 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--check", action="store_true", help="report notebooks that are out of date (default)")
     mode.add_argument("--fix", action="store_true", help="rewrite them")
     p.set_defaults(func=_cmd_notebooks)
+
+    grading_dir = "the instructor's nbgrader course folder (default: grading/ at the course root)"
+    p = sub.add_parser("release", help="generate exercises/ from solutions/ (nbgrader generate_assignment)")
+    p.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="names or prefixes (default: all)")
+    p.add_argument("--check", action="store_true", help="only report exercise notebooks that differ; exit 1 if any")
+    p.add_argument("--course-dir", metavar="DIR",
+                   help="also set up this nbgrader course folder (source/, release/, gradebook.db, nbgrader_config.py)")
+    p.set_defaults(func=_cmd_release)
+
+    p = sub.add_parser("grade", help="autograde a folder of submissions and write the grades CSV")
+    p.add_argument("submissions", metavar="SUBMISSIONS_DIR",
+                   help="nbgrader's submitted/ folder (<student>/<assignment>/<assignment>.ipynb), or a folder holding one")
+    p.add_argument("--assignment", dest="assignments", action="append", metavar="NAME", help="grade only this one (repeatable)")
+    _add_course_dir(p, grading_dir)
+    p.add_argument("--csv", metavar="PATH", help="grades table to write (default: COURSE_DIR/grades.csv)")
+    p.add_argument("--solutions", metavar="DIR", help="folder of the assignments' nbgrader sources (default: solutions/)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="submissions graded at once, one kernel each (default 1)")
+    p.add_argument("--timeout", type=int, default=120, metavar="S", help="time limit of each answer/test cell, seconds (default 120)")
+    p.add_argument("--setup-timeout", type=int, default=300, metavar="S",
+                   help="time limit of each read-only set-up cell, seconds (default 300)")
+    p.add_argument("--regrade", action="store_true", help="grade again submissions that were already graded")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_grade)
+
+    p = sub.add_parser("feedback", help="per-student feedback pages (HTML) without hidden tests")
+    p.add_argument("--assignment", dest="assignments", action="append", metavar="NAME", help="only this assignment (repeatable)")
+    p.add_argument("--student", dest="students", action="append", metavar="ID", help="only this student (repeatable)")
+    _add_course_dir(p, grading_dir)
+    p.set_defaults(func=_cmd_feedback)
+
+    p = sub.add_parser("export", help="write the grades CSV from the gradebook")
+    _add_course_dir(p, grading_dir)
+    p.add_argument("--csv", metavar="PATH", help="where to write it (default: COURSE_DIR/grades.csv)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -1,0 +1,237 @@
+"""Grading one submission: ``(assignment source, one submitted notebook) -> GradeRecord``.
+
+`grade_submission` is a pure step: it takes bytes and returns a record, works in its own temporary
+nbgrader course folder and never touches the instructor's gradebook, so any number of them can run
+side by side (a process pool now, a cluster later) while one orchestrator stores the results.
+
+Inside, nbgrader does the work (generate_assignment to know the cells, autograde to run them), with
+three additions: the submission is checked and repaired first (`submission.restore_cells`), the
+executor has per-kind time limits and survives a dead kernel (`preprocessors.GuardedExecute`), and
+warnings on stderr cost nothing (`preprocessors.DropWarningStreams`).
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from .coursedir import Assignment, NbgraderError, db_url, generate_assignment, run_converter
+from .preprocessors import KERNEL_DIED_ERROR, NOT_RUN_ERROR, TIMEOUT_ERROR, CellTimeouts
+from .record import GradeRecord, Status
+from .submission import UnreadableSubmission, cell_kind, grade_id, read_submission, restore_cells
+
+#: Student id used inside the temporary course folder (the real id only goes into the record).
+SCRATCH_STUDENT = "student"
+#: Lines of nbgrader's log kept in a record.
+LOG_TAIL_LINES = 200
+
+
+@dataclass(frozen=True)
+class GradingOptions:
+    """Time limits (seconds) of one cell: read-only set-up cells, and all the others."""
+
+    timeout: int = 120
+    setup_timeout: int = 300
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "setup_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def questions(source: nbformat.NotebookNode) -> dict[str, float]:
+    """The graded test cells of a source notebook, ``grade_id -> points``, in notebook order."""
+    return {
+        grade_id(cell): float(cell.metadata["nbgrader"].get("points", 0))
+        for cell in source.cells
+        if cell_kind(cell) == "tests"
+    }
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def grade_submission(
+    assignment: str,
+    source_notebook: bytes,
+    submitted_notebook: bytes,
+    *,
+    student: str,
+    timestamp: str | None = None,
+    options: GradingOptions = GradingOptions(),
+) -> GradeRecord:
+    """Autograde one submitted notebook of ``assignment`` (whose nbgrader source is ``source_notebook``).
+
+    Never raises for a bad submission: the record's status and message say what went wrong.
+    """
+    started = time.monotonic()
+    source = nbformat.reads(source_notebook.decode("utf-8"), as_version=4)
+    record = GradeRecord(
+        student=student,
+        assignment=assignment,
+        notebook=assignment,
+        status=Status.GRADED,
+        max_scores=questions(source),
+        submission_sha256=sha256(submitted_notebook),
+        source_sha256=sha256(source_notebook),
+        timestamp=timestamp,
+    )
+    record.scores = {gid: 0.0 for gid in record.max_scores}
+    try:
+        submitted = read_submission(submitted_notebook)
+    except UnreadableSubmission as error:
+        record.status, record.message = Status.FAILED, str(error)
+        record.duration_s = time.monotonic() - started
+        return record
+
+    try:
+        template = _assignment_template(assignment, source_notebook)
+    except NbgraderError as error:
+        record.status, record.message = Status.ERROR, f"nbgrader could not read the assignment source: {error}"
+        record.duration_s = time.monotonic() - started
+        return record
+
+    with tempfile.TemporaryDirectory(prefix="course-grade-") as scratch:
+        root = Path(scratch)
+        shutil.copytree(template, root, dirs_exist_ok=True)
+        release = nbformat.read(root / "release" / assignment / f"{assignment}.ipynb", as_version=4)
+        repair = restore_cells(submitted, release, source)
+
+        submitted_path = root / "submitted" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
+        submitted_path.parent.mkdir(parents=True)
+        nbformat.write(submitted, submitted_path)
+        try:
+            log = _autograde(root, assignment, options)
+        except NbgraderError as error:
+            record.status, record.message = Status.FAILED, f"nbgrader could not grade the notebook: {error}"
+            record.duration_s = time.monotonic() - started
+            return record
+
+        graded_path = root / "autograded" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
+        graded_text = graded_path.read_text(encoding="utf-8")
+        record.graded_notebook = graded_text
+        record.log = "\n".join(log[-LOG_TAIL_LINES:])
+        record.scores, manual = _scores_from_gradebook(root, assignment, record.max_scores)
+
+    problems = {Status.TAMPERED: repair.problems, **_execution_problems(nbformat.reads(graded_text, as_version=4), options)}
+    if manual:
+        problems.setdefault(Status.GRADED, []).append(f"needs manual grading: {', '.join(manual)}")
+    record.status = Status.most_serious([status for status, notes in problems.items() if notes and status != Status.GRADED])
+    record.message = "; ".join(note for notes in problems.values() for note in notes)
+    record.duration_s = time.monotonic() - started
+    return record
+
+
+#: Course folders with an assignment generated in them, by source content (one per process).
+_TEMPLATES: dict[str, tempfile.TemporaryDirectory] = {}
+
+
+def _assignment_template(assignment: str, source_notebook: bytes) -> Path:
+    """A course folder where nbgrader generated ``assignment``: copied for each submission.
+
+    Generating takes seconds (nbgrader creates a gradebook through a subprocess), so a process
+    does it once per assignment source and reuses it.
+    """
+    key = f"{assignment}:{sha256(source_notebook)}"
+    if key not in _TEMPLATES:
+        holder = tempfile.TemporaryDirectory(prefix="course-assignment-")
+        root = Path(holder.name)
+        source_path = root / "assignment-source" / f"{assignment}.ipynb"
+        source_path.parent.mkdir(parents=True)
+        source_path.write_bytes(source_notebook)
+        try:
+            generate_assignment(root, Assignment(assignment, source_path))
+        except NbgraderError:
+            holder.cleanup()
+            raise
+        _TEMPLATES[key] = holder
+    return Path(_TEMPLATES[key].name)
+
+
+def _autograde(root: Path, assignment: str, options: GradingOptions) -> list[str]:
+    """nbgrader autograde of the scratch student's submission, with the course's executor."""
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+    from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, LimitOutput, SaveAutoGrades
+
+    from .preprocessors import DropWarningStreams, GuardedExecute
+
+    settings = {
+        "Autograde.autograde_preprocessors": [
+            GuardedExecute,
+            DropWarningStreams,  # before SaveAutoGrades reads the outputs
+            ClearMetadataPreprocessor,
+            LimitOutput,
+            SaveAutoGrades,
+            AssignLatePenalties,
+            CheckCellMetadata,
+        ],
+        "GuardedExecute.timeout": options.timeout,
+        "GuardedExecute.setup_timeout": options.setup_timeout,
+        "OverwriteCells.add_missing_cells": True,
+    }
+    return run_converter(Autograde, root, assignment, SCRATCH_STUDENT, name="autograde", **settings)
+
+
+def _scores_from_gradebook(root: Path, assignment: str, max_scores: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+    """Points per test cell as nbgrader saved them; also the cells it could not score automatically."""
+    from nbgrader.api import Gradebook
+
+    from .coursedir import COURSE_ID
+
+    scores, manual = {}, []
+    with Gradebook(db_url(root), COURSE_ID) as gradebook:
+        for gid in max_scores:
+            grade = gradebook.find_grade(gid, assignment, assignment, SCRATCH_STUDENT)
+            if grade.auto_score is None:
+                manual.append(gid)
+            scores[gid] = float(grade.auto_score or 0.0)
+    return scores, manual
+
+
+def describe_cell(index: int, cell) -> str:
+    """``cell 7 (q2_tests)``: 1-based position as a learner counts cells, and the grade id if any."""
+    gid = grade_id(cell)
+    if gid:
+        return f"cell {index + 1} ({gid})"
+    first_line = next((line for line in cell.source.splitlines() if line.strip()), "").strip()
+    return f"cell {index + 1} ({first_line[:40]!r})"
+
+
+def _execution_problems(graded: nbformat.NotebookNode, options: GradingOptions) -> dict[str, list[str]]:
+    """Timeouts, a dead kernel and failing set-up cells, found in the executed notebook."""
+    limits = CellTimeouts(options.timeout, options.setup_timeout)
+    problems: dict[str, list[str]] = {Status.TIMEOUT: [], Status.KERNEL_DIED: [], Status.ERROR: []}
+    not_run = 0
+    # Read-only cells before the first answer only set up (imports, data): if one of them fails,
+    # the grading environment is at fault, not the student.
+    first_answer = next((i for i, c in enumerate(graded.cells) if cell_kind(c) == "answer"), len(graded.cells))
+    for index, cell in enumerate(graded.cells):
+        if cell.cell_type != "code":
+            continue
+        for output in cell.outputs:
+            if output.output_type != "error":
+                continue
+            if output.ename == TIMEOUT_ERROR:
+                problems[Status.TIMEOUT].append(
+                    f"{describe_cell(index, cell)} ran past its {limits(cell)} s time limit and was interrupted")
+            elif output.ename == KERNEL_DIED_ERROR:
+                problems[Status.KERNEL_DIED].append(f"the kernel died while running {describe_cell(index, cell)}")
+            elif output.ename == NOT_RUN_ERROR:
+                not_run += 1
+            elif cell_kind(cell) == "readonly" and index < first_answer:
+                problems[Status.ERROR].append(
+                    f"read-only {describe_cell(index, cell)} raised {output.ename}: {output.evalue} "
+                    "(check the grading environment)")
+    if not_run:
+        if not problems[Status.KERNEL_DIED]:
+            problems[Status.KERNEL_DIED].append("the kernel died before running the first cell")
+        problems[Status.KERNEL_DIED].append(f"{not_run} later cells were not run")
+    return problems

@@ -1,0 +1,507 @@
+"""Pictures for the detection lessons: boxes on images, anchors on grids, matches, grids of images.
+
+Every function draws with matplotlib on the Axes it is given (or on a new figure), returns the
+Axes (or Figure) and never calls ``plt.show()``: a notebook shows the figure by itself.
+
+Images may be tensors ``(3, H, W)`` / ``(1, H, W)`` / ``(H, W)`` (float in [0, 1] or uint8, any
+device) or numpy arrays ``(H, W, 3)`` / ``(H, W)``. Boxes are ``(N, 4)`` as (x1, y1, x2, y2) in
+pixels, where pixel ``j`` spans ``[j, j + 1)``: the image is drawn with exactly that extent, so a
+box's edge sits on the pixel's edge.
+"""
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+
+__all__ = [
+    "palette",
+    "class_color",
+    "draw_boxes",
+    "draw_anchors",
+    "show_matching",
+    "image_grid",
+    "plot_loss_curves",
+]
+
+Color = tuple[float, float, float]
+
+#: Matplotlib's "tab10" colours: distinct and readable on photographs; labels 0..9 use them.
+TAB10: tuple[Color, ...] = tuple(tuple(c) for c in plt.get_cmap("tab10").colors)  # type: ignore[attr-defined]
+#: Labels from 10 on step around the hue circle by the golden ratio, so neighbours differ.
+GOLDEN_RATIO_CONJUGATE = 0.618033988749895
+EXTRA_SATURATION, EXTRA_VALUE = 0.75, 0.9
+#: Text on a coloured label box is black above this luminance, white below.
+DARK_TEXT_LUMINANCE = 0.6
+UNMATCHED_COLOR: Color = (0.6, 0.6, 0.6)
+UNMATCHED_ALPHA = 0.25
+FIGURE_WIDTH_INCHES = 5.0
+#: A label's height, in font sizes (the text and its padded background).
+LABEL_LINE_HEIGHT = 1.8
+POINTS_PER_INCH = 72.0
+
+
+# -- colours -------------------------------------------------------------------------------------
+
+def class_color(label: int) -> Color:
+    """The colour of class ``label`` (the same in every picture of the course)."""
+    label = int(label)
+    if label < 0:
+        raise ValueError(f"label must be >= 0, got {label}")
+    if label < len(TAB10):
+        return TAB10[label]
+    hue = (label * GOLDEN_RATIO_CONJUGATE) % 1.0
+    return colorsys.hsv_to_rgb(hue, EXTRA_SATURATION, EXTRA_VALUE)
+
+
+def palette(n: int) -> list[Color]:
+    """``n`` distinct RGB colours in [0, 1]: ``class_color(0) ... class_color(n - 1)``."""
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    return [class_color(i) for i in range(n)]
+
+
+def _text_color(background: Color) -> str:
+    r, g, b = background[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > DARK_TEXT_LUMINANCE else "white"
+
+
+# -- converting inputs ---------------------------------------------------------------------------
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype in (torch.float16, torch.bfloat16):
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _image_array(image: Any) -> np.ndarray:
+    """Any supported image -> numpy (H, W, 3), float in [0, 1] or uint8."""
+    is_tensor = isinstance(image, torch.Tensor)
+    array = _to_numpy(image)
+    shape = tuple(array.shape)
+    if array.ndim == 3 and is_tensor:  # tensors are channels-first
+        if shape[0] not in (1, 3):
+            raise ValueError(f"image tensor must have shape (3, H, W), (1, H, W) or (H, W), got {shape}")
+        array = array.transpose(1, 2, 0)
+    elif array.ndim == 3 and shape[2] not in (1, 3, 4):
+        raise ValueError(f"image array must have shape (H, W, 3), (H, W, 4), (H, W, 1) or (H, W), got {shape}")
+    elif array.ndim not in (2, 3):
+        raise ValueError(f"image must be 2-D (H, W) or 3-D with 1 or 3 channels, got shape {shape}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    array = array[:, :, :3]
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return np.clip(array, 0, 255).astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"image must hold numbers, got dtype {array.dtype}")
+    return np.clip(array.astype(np.float32), 0.0, 1.0)  # e.g. small overshoots after resizing
+
+
+def _boxes_array(boxes: Any, name: str = "boxes") -> np.ndarray:
+    array = _to_numpy(boxes if boxes is not None else np.zeros((0, 4)))
+    if array.size == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (N, 4) as (x1, y1, x2, y2), got {tuple(array.shape)}")
+    return array.astype(np.float64)
+
+
+def _vector(values: Any, length: int, name: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    array = _to_numpy(values)
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if array.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), one per box, got {tuple(array.shape)}")
+    return array
+
+
+def _size_pair(size: Any, name: str) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        return int(size), int(size)
+    if isinstance(size, (Sequence, torch.Size)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    raise TypeError(f"{name} must be an int or an (H, W) pair, got {size!r}")
+
+
+def _class_name(label: int, class_names: Sequence[str] | Mapping[int, str] | None) -> str:
+    if class_names is None:
+        return str(label)
+    if isinstance(class_names, Mapping):
+        return str(class_names.get(label, label))
+    return str(class_names[label]) if 0 <= label < len(class_names) else str(label)
+
+
+def _new_axes(height: float, width: float) -> Axes:
+    aspect = height / width if width else 1.0
+    _, ax = plt.subplots(figsize=(FIGURE_WIDTH_INCHES, FIGURE_WIDTH_INCHES * aspect))
+    return ax
+
+
+def _canvas(image: Any, image_size: Any, ax: Axes | None) -> tuple[Axes, tuple[int, int] | None]:
+    """Show ``image`` (or set up an empty ``image_size`` canvas) on ``ax``: returns (ax, (H, W))."""
+    if image is not None:
+        array = _image_array(image)
+        height, width = array.shape[:2]
+        ax = ax if ax is not None else _new_axes(height, width)
+        ax.imshow(array, extent=(0, width, height, 0), interpolation="nearest" if max(height, width) <= 256 else None)
+        ax.set_axis_off()
+        return ax, (height, width)
+    if image_size is not None:
+        height, width = _size_pair(image_size, "image_size")
+        ax = ax if ax is not None else _new_axes(height, width)
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)  # y grows downwards, as in images
+        ax.set_aspect("equal")
+        ax.add_patch(Rectangle((0, 0), width, height, fill=False, edgecolor="black", linewidth=1.0))
+        return ax, (height, width)
+    if ax is None:
+        raise ValueError("give an image, an image_size or an ax to draw on")
+    return ax, None
+
+
+def _add_box(ax: Axes, box: Sequence[float], color: Color | str, linewidth: float, **style) -> Rectangle:
+    x1, y1, x2, y2 = box
+    return ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
+                                  linewidth=linewidth, **style))
+
+
+def _add_label(ax: Axes, box: Sequence[float], text: str, color: Color | str, fontsize: float) -> None:
+    """Text on a patch of the box's colour, just above its top-left corner (inside if no room above)."""
+    x1, y1 = float(box[0]), float(box[1])
+    rgb = to_rgb(color)
+    # Display coordinates grow upwards: room above = axes top - box top, compared with one text line.
+    room_above = ax.transAxes.transform((0.0, 1.0))[1] - ax.transData.transform((x1, y1))[1]
+    inside = room_above < LABEL_LINE_HEIGHT * fontsize * ax.figure.dpi / POINTS_PER_INCH
+    ax.text(x1, y1, text, fontsize=fontsize, color=_text_color(rgb), va="top" if inside else "bottom",
+            ha="left", clip_on=True, bbox={"facecolor": rgb, "edgecolor": "none", "alpha": 0.85, "pad": 1.5})
+
+
+# -- boxes ---------------------------------------------------------------------------------------
+
+def draw_boxes(
+    image: Any,
+    boxes: Any,
+    labels: Any = None,
+    scores: Any = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    ax: Axes | None = None,
+    colors: Color | str | Sequence[Color | str] | None = None,
+    *,
+    linewidth: float = 2.0,
+    fontsize: float = 9.0,
+    title: str | None = None,
+) -> Axes:
+    """Draw ``boxes`` (N, 4) on ``image`` with "name score" labels.
+
+    Args:
+        image: the picture (see the module docstring), or ``None`` to draw on ``ax`` as it is.
+        boxes: (N, 4) xyxy pixels; N may be 0.
+        labels: (N,) class indices, named by ``class_names`` (a list, or a dict such as COCO's).
+        scores: (N,) confidences, printed with two decimals.
+        colors: by default each class gets its ``class_color`` (one colour without labels); or one
+            colour for all boxes, or one per box.
+    """
+    ax, _ = _canvas(image, None, ax)
+    box_array = _boxes_array(boxes)
+    n = len(box_array)
+    label_array = _vector(labels, n, "labels")
+    score_array = _vector(scores, n, "scores")
+    if colors is None:
+        box_colors = [class_color(int(l)) for l in label_array] if label_array is not None else [TAB10[0]] * n
+    elif isinstance(colors, str) or (len(colors) in (3, 4) and all(isinstance(c, (int, float)) for c in colors)):
+        box_colors = [colors] * n
+    else:
+        if len(colors) != n:
+            raise ValueError(f"colors must be one colour or one per box ({n}), got {len(colors)} colours")
+        box_colors = list(colors)
+
+    for i, box in enumerate(box_array):
+        _add_box(ax, box, box_colors[i], linewidth)
+        parts = []
+        if label_array is not None:
+            parts.append(_class_name(int(label_array[i]), class_names))
+        if score_array is not None:
+            parts.append(f"{float(score_array[i]):.2f}")
+        if parts:
+            _add_label(ax, box, " ".join(parts), box_colors[i], fontsize)
+    if image is None and not ax.images:  # a bare canvas: fit the view to the boxes, y downwards
+        ax.autoscale_view()
+        if not ax.yaxis_inverted():
+            ax.invert_yaxis()
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+# -- anchors -------------------------------------------------------------------------------------
+
+def _shape_groups(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sizes: (A, 2) widths and heights -> (unique sizes (K, 2), group index per anchor (A,))."""
+    rounded = np.round(sizes, 4)
+    unique, inverse = np.unique(rounded, axis=0, return_inverse=True)
+    return unique, inverse.reshape(-1)
+
+
+def draw_anchors(
+    anchors: Any,
+    image_size: int | tuple[int, int] | None = None,
+    grid: int | tuple[int, int] | None = None,
+    ax: Axes | None = None,
+    *,
+    image: Any = None,
+    normalized: bool = False,
+    indices: Any = None,
+    linewidth: float = 1.5,
+    show_centers: bool = True,
+    legend: bool = True,
+    title: str | None = None,
+) -> Axes:
+    """Draw anchor boxes (A, 4) xyxy over an image or an empty canvas, with the grid's cell lines.
+
+    Anchors of the same width and height share a colour (the legend gives their sizes), so a
+    grid's k anchors per cell read as k colours.
+
+    Args:
+        image_size: ``S`` or ``(H, W)`` of the canvas; taken from ``image`` if that is given.
+            With ``normalized=True`` and no size, the canvas is the unit square.
+        grid: ``n`` or ``(rows, cols)``: draws the cell boundaries (e.g. SSD's 4 x 4 grid).
+        normalized: anchors are in [0, 1] (fractions of the width and height); they are scaled
+            to the canvas.
+        indices: draw only these anchors (e.g. those of one cell); the others are left out.
+    """
+    anchor_array = _boxes_array(anchors, "anchors")
+    if image is None and image_size is None and not normalized:
+        raise ValueError("draw_anchors needs image_size (or image) for pixel anchors; pass normalized=True "
+                         "for anchors in [0, 1]")
+    canvas_size = image_size if image is not None or image_size is not None else (1, 1)
+    ax, (height, width) = _canvas(image, canvas_size, ax)
+    if normalized:
+        anchor_array = anchor_array * np.array([width, height, width, height], dtype=np.float64)
+    if indices is not None:
+        anchor_array = anchor_array[np.asarray(_to_numpy(indices), dtype=np.int64).reshape(-1)]
+
+    if grid is not None:
+        rows, cols = _size_pair(grid, "grid")
+        line = {"color": "white" if image is not None else "black", "linewidth": 1.0, "alpha": 0.8, "linestyle": ":"}
+        for y in np.linspace(0, height, rows + 1)[1:-1]:
+            ax.plot([0, width], [y, y], **line)
+        for x in np.linspace(0, width, cols + 1)[1:-1]:
+            ax.plot([x, x], [0, height], **line)
+
+    sizes = anchor_array[:, 2:] - anchor_array[:, :2]
+    unique_sizes, group = _shape_groups(sizes)
+    colors = palette(len(unique_sizes))
+    for box, g in zip(anchor_array, group):
+        _add_box(ax, box, colors[g], linewidth)
+    if show_centers and len(anchor_array):
+        centers = (anchor_array[:, :2] + anchor_array[:, 2:]) / 2
+        ax.scatter(centers[:, 0], centers[:, 1], s=8, color="black", edgecolors="white", linewidths=0.5, zorder=3)
+    if legend and len(unique_sizes):
+        unit = "" if normalized and image_size is None and image is None else " px"
+        handles = [Rectangle((0, 0), 1, 1, fill=False, edgecolor=colors[k], linewidth=linewidth)
+                   for k in range(len(unique_sizes))]
+        names = [f"{w:.3g} x {h:.3g}{unit}" for w, h in unique_sizes]
+        ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="w x h")
+
+    # Anchors at the border may stick out of the image: show them whole.
+    if len(anchor_array):
+        x_low, y_low = np.minimum(anchor_array[:, :2].min(0), 0)
+        x_high, y_high = np.maximum(anchor_array[:, 2:].max(0), [width, height])
+        margin = 0.02 * max(width, height)
+        ax.set_xlim(x_low - margin, x_high + margin)
+        ax.set_ylim(y_high + margin, y_low - margin)
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+# -- matching ------------------------------------------------------------------------------------
+
+def show_matching(
+    image: Any,
+    gt_boxes: Any,
+    anchors: Any,
+    matches: Any,
+    gt_labels: Any = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    ax: Axes | None = None,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    unmatched: str = "faint",
+    linewidth: float = 2.5,
+    fontsize: float = 9.0,
+    title: str | None = None,
+) -> Axes:
+    """Which anchors were matched to which ground-truth box.
+
+    Each ground-truth box gets its own colour (thick line); the anchors matched to it are drawn
+    dashed in the same colour, with a dot at their centre. Unmatched anchors are drawn faint grey
+    (``unmatched="faint"``) or not at all (``"hidden"``).
+
+    Args:
+        gt_boxes: (G, 4) xyxy pixels.
+        anchors: (A, 4) xyxy pixels.
+        matches: (A,) integer: the index of the ground truth each anchor is matched to, or a
+            negative value (-1 background, -2 ignored: torchvision's Matcher) for none.
+        image: the picture, or ``None`` with ``image_size`` for an empty canvas.
+    """
+    if unmatched not in ("faint", "hidden"):
+        raise ValueError(f"unmatched must be 'faint' or 'hidden', got {unmatched!r}")
+    gt_array = _boxes_array(gt_boxes, "gt_boxes")
+    anchor_array = _boxes_array(anchors, "anchors")
+    match_array = _to_numpy(matches)
+    if match_array.shape != (len(anchor_array),):
+        raise ValueError(f"matches must have shape ({len(anchor_array)},), one per anchor, "
+                         f"got {tuple(match_array.shape)}")
+    if match_array.size and not np.issubdtype(match_array.dtype, np.integer):
+        raise TypeError(f"matches must hold integer indices, got dtype {match_array.dtype}")
+    if match_array.size and match_array.max() >= len(gt_array):
+        raise ValueError(f"matches refers to ground truth {int(match_array.max())}, "
+                         f"but gt_boxes has only {len(gt_array)} boxes")
+    label_array = _vector(gt_labels, len(gt_array), "gt_labels")
+
+    ax, _ = _canvas(image, image_size, ax)
+    limits = ax.get_xlim(), ax.get_ylim()
+    colors = palette(len(gt_array))
+    matched = match_array >= 0
+    if unmatched == "faint":
+        for box in anchor_array[~matched]:
+            _add_box(ax, box, UNMATCHED_COLOR, 0.8, alpha=UNMATCHED_ALPHA)
+    for box, g in zip(anchor_array[matched], match_array[matched]):
+        _add_box(ax, box, colors[g], linewidth * 0.6, linestyle="--")
+    if matched.any():
+        centers = (anchor_array[matched, :2] + anchor_array[matched, 2:]) / 2
+        ax.scatter(centers[:, 0], centers[:, 1], s=18, c=[colors[g] for g in match_array[matched]],
+                   edgecolors="black", linewidths=0.5, zorder=3)
+    counts = np.bincount(match_array[matched], minlength=len(gt_array)) if len(gt_array) else []
+    for g, box in enumerate(gt_array):
+        _add_box(ax, box, colors[g], linewidth)
+        name = f" {_class_name(int(label_array[g]), class_names)}" if label_array is not None else ""
+        plural = "" if counts[g] == 1 else "s"
+        _add_label(ax, box, f"gt {g}{name}: {counts[g]} anchor{plural}", colors[g], fontsize)
+    ax.set_xlim(*limits[0])  # the scatter must not widen the view beyond the image
+    ax.set_ylim(*limits[1])
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+# -- grids of images and curves ------------------------------------------------------------------
+
+def _draw_item(ax: Axes, item: Any, class_names: Sequence[str] | Mapping[int, str] | None) -> None:
+    """An image, (image, target dict), or (image, boxes[, labels[, scores]])."""
+    if isinstance(item, tuple):
+        if len(item) == 2 and isinstance(item[1], Mapping):
+            target = item[1]
+            draw_boxes(item[0], target.get("boxes"), target.get("labels"), target.get("scores"),
+                       class_names=class_names, ax=ax)
+            return
+        if 2 <= len(item) <= 4:
+            draw_boxes(item[0], *item[1:], class_names=class_names, ax=ax)
+            return
+        raise ValueError(f"an item must be an image, (image, target) or (image, boxes[, labels[, scores]]), "
+                         f"got a tuple of {len(item)}")
+    _canvas(item, None, ax)
+
+
+def image_grid(
+    items: Any,
+    titles: Sequence[str] | None = None,
+    ncols: int = 4,
+    *,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    draw: Callable[[Axes, Any], Any] | None = None,
+    cell_size: float = 3.0,
+    suptitle: str | None = None,
+) -> Figure:
+    """A grid of images, each optionally with its boxes.
+
+    Args:
+        items: a batch tensor (B, C, H, W), or a sequence whose items are images, ``(image,
+            target)`` pairs as a detection dataset returns them, or ``(image, boxes[, labels[,
+            scores]])`` tuples.
+        draw: ``draw(ax, item)`` to draw each item yourself instead.
+    """
+    if isinstance(items, torch.Tensor) and items.ndim == 4:
+        items = list(items)
+    elif isinstance(items, np.ndarray) and items.ndim == 4:
+        items = list(items)
+    items = list(items)
+    if not items:
+        raise ValueError("items must hold at least one image, got none")
+    if not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols must be an int >= 1, got {ncols!r}")
+    if titles is not None and len(titles) != len(items):
+        raise ValueError(f"titles must have one entry per item ({len(items)}), got {len(titles)}")
+    ncols = min(ncols, len(items))
+    nrows = -(-len(items) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k >= len(items):
+            continue
+        if draw is not None:
+            draw(ax, items[k])
+        else:
+            _draw_item(ax, items[k], class_names)
+        if titles is not None:
+            ax.set_title(titles[k], fontsize=10)
+    if suptitle is not None:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_curves(
+    history: Mapping[str, Sequence[float]] | Sequence[Mapping[str, float]],
+    ax: Axes | None = None,
+    *,
+    xlabel: str = "epoch",
+    log_scale: bool = False,
+    title: str | None = None,
+) -> Axes:
+    """Loss curves from ``{"train": [...], "val": [...]}`` or a list of per-epoch dicts."""
+    if isinstance(history, Mapping):
+        series = {name: list(values) for name, values in history.items()}
+    elif isinstance(history, Sequence) and all(isinstance(row, Mapping) for row in history):
+        names = list(dict.fromkeys(name for row in history for name in row))
+        series = {name: [row.get(name, float("nan")) for row in history] for name in names}
+    else:
+        raise TypeError(f"history must be a dict of lists or a list of dicts, got {type(history).__name__}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    for k, (name, values) in enumerate(series.items()):
+        values = [float(v) for v in values]
+        ax.plot(range(1, len(values) + 1), values, label=name, color=class_color(k), marker="o" if len(values) <= 30 else None,
+                markersize=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend()
+    if title is not None:
+        ax.set_title(title)
+    return ax
