@@ -14,6 +14,8 @@ BRANCH = "main"
 COLAB_EXTRA_PACKAGES = ("torchinfo", "torchmetrics", "pycocotools")
 #: Environment variable that selects the small, still-real configuration of long cells (tests set it).
 QUICK_ENV = "COURSE_QUICK"
+#: Environment variable that moves the course's own weights folder (default: weights/ at the course root).
+WEIGHTS_DIR_ENV = "COURSE_WEIGHTS_DIR"
 #: Environment variable naming a local mirror of pretrained weight files (a folder or a file:// URL).
 WEIGHTS_MIRROR_ENV = "COURSE_WEIGHTS_MIRROR"
 

@@ -378,6 +378,7 @@ def show_matching(
     if match_array.size and match_array.max() >= len(gt_array):
         raise ValueError(f"matches refers to ground truth {int(match_array.max())}, "
                          f"but gt_boxes has only {len(gt_array)} boxes")
+    match_array = match_array.astype(np.int64)  # an empty list arrives as float
     label_array = _vector(gt_labels, len(gt_array), "gt_labels")
 
     ax, _ = _canvas(image, image_size, ax)

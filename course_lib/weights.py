@@ -48,8 +48,8 @@ __all__ = [
     "COURSE_WEIGHTS_DIR",
 ]
 
-#: The course's own folder for weight files (ignored by git).
-COURSE_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+#: The course's own folder for weight files (ignored by git); ``COURSE_WEIGHTS_DIR`` moves it.
+COURSE_WEIGHTS_DIR = Path(os.environ.get(config.WEIGHTS_DIR_ENV) or Path(__file__).resolve().parents[1] / "weights")
 
 T = TypeVar("T")
 

@@ -18,6 +18,8 @@ for var, sub in {
     "IPYTHONDIR": "ipython",
     "MPLCONFIGDIR": "matplotlib",
     "TORCH_HOME": "torch",
+    # tests see no weight files a learner may keep in weights/: offline paths are tested as offline
+    "COURSE_WEIGHTS_DIR": "weights",
 }.items():
     (_HOME / sub).mkdir(parents=True, exist_ok=True)
     os.environ[var] = str(_HOME / sub)

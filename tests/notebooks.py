@@ -38,9 +38,8 @@ def cell_outputs_text(nb: nbformat.NotebookNode) -> str:
     """All stream and text/plain outputs of an executed notebook, joined (for asserting on printed facts)."""
     parts = []
     for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream":
-                parts.append(out.get("text", ""))
-            elif "data" in out and "text/plain" in out["data"]:
-                parts.append(out["data"]["text/plain"])
+        # a printed line may arrive split over several stream chunks: join a cell's streams without separators
+        streams = "".join(out.get("text", "") for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+        parts.append(streams)
+        parts += [out["data"]["text/plain"] for out in cell.get("outputs", []) if "text/plain" in out.get("data", {})]
     return "\n".join(parts)

@@ -8,19 +8,28 @@ import pytest
 import torch
 import torchvision
 
-from notebooks import cell_outputs_text, execute_notebook
+from notebooks import execute_notebook
 
 NOTEBOOK = "notebooks/01_blocks_and_resnets.ipynb"
 
 
 @pytest.fixture(scope="module")
 def executed(repo_root):
-    return execute_notebook(repo_root / NOTEBOOK)
+    # the inline backend (rather than the test suite's Agg) so that the figures appear as outputs
+    return execute_notebook(repo_root / NOTEBOOK, env={"MPLBACKEND": "module://matplotlib_inline.backend_inline"})
+
+
+def printed_text(nb: nbformat.NotebookNode) -> str:
+    """Everything the cells printed; a cell's stream chunks are joined as they were written."""
+    return "\n".join(
+        "".join(out.get("text", "") for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+        for cell in nb.cells
+    )
 
 
 @pytest.fixture(scope="module")
 def text(executed):
-    return cell_outputs_text(executed)
+    return printed_text(executed)
 
 
 def test_committed_clean(repo_root):
@@ -110,7 +119,7 @@ def test_pretrained_path_with_a_mirror(repo_root, tmp_path):
     path = tmp_path / "section8.ipynb"
     nbformat.write(nb, path)
     env = {"COURSE_WEIGHTS_MIRROR": str(mirror), "TORCH_HOME": str(torch_home)}
-    out = cell_outputs_text(execute_notebook(path, env=env))
+    out = printed_text(execute_notebook(path, env=env))
     assert "loaded ResNet50_Weights.IMAGENET1K_V2 into our ResNet50" in out
     assert "unavailable" not in out
     assert "largest difference between our logits and torchvision's: 0.0e+00" in out

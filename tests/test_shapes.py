@@ -214,6 +214,8 @@ def test_index_out_of_range():
     with pytest.raises(IndexError):
         dataset[-4]
     assert _same_item(dataset[torch.tensor(2)], dataset[2])
+    with pytest.raises(TypeError, match="index"):
+        dataset[1.5]
 
 
 @pytest.mark.parametrize(

@@ -240,6 +240,8 @@ def test_show_matching_hidden_unmatched_and_empty_cases():
     assert len(_rectangles(ax)) == 12 and len(ax.texts) == 0
     ax = viz.show_matching(_image(64, 64), gt, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
     assert ax.texts[0].get_text() == "gt 0: 0 anchors"
+    ax = viz.show_matching(_image(64, 64).numpy().transpose(1, 2, 0), gt.tolist(), [], [])  # plain lists
+    assert ax.texts[0].get_text() == "gt 0: 0 anchors"
 
 
 def test_show_matching_bad_input():

@@ -25,6 +25,7 @@ import contextlib
 import functools
 import hashlib
 import math
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -325,8 +326,10 @@ class ShapesDataset(torch.utils.data.Dataset):
     # -- drawing ------------------------------------------------------------------------------
 
     def _generator(self, index: int) -> torch.Generator:
-        if not isinstance(index, int) or isinstance(index, bool):
-            index = int(index)  # numpy and 0-d tensor indices from samplers
+        try:
+            index = operator.index(index)  # also numpy and 0-d tensor integers from samplers
+        except TypeError:
+            raise TypeError(f"index must be an integer, got {type(index).__name__}") from None
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
         index %= len(self)

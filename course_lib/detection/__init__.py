@@ -1,0 +1,52 @@
+"""Object-detection building blocks: boxes, anchors, matching, NMS, losses and ROI pooling.
+
+Boxes are ``(x1, y1, x2, y2)`` in pixels unless a name says otherwise. Each module is about one
+idea; import from the module (``from course_lib.detection.nms import nms``) or from here.
+"""
+from __future__ import annotations
+
+from .anchors import (
+    KMeansAnchors,
+    grid_anchors,
+    inside_image,
+    kmeans_anchors,
+    rpn_anchors,
+    wh_iou,
+)
+from .boxes import (
+    box_area,
+    box_convert,
+    box_iou,
+    clip_boxes,
+    decode_boxes,
+    encode_boxes,
+)
+from .losses import focal_loss, smooth_l1_loss
+from .matching import (
+    BELOW_LOW_THRESHOLD,
+    BETWEEN_THRESHOLDS,
+    IGNORE,
+    NEGATIVE,
+    POSITIVE,
+    label_anchors,
+    match_anchors,
+    sample_labels,
+)
+from .nms import batched_nms, nms
+from .roi import roi_pool, rois_from_boxes
+
+__all__ = [
+    # boxes
+    "box_area", "box_iou", "box_convert", "clip_boxes", "encode_boxes", "decode_boxes",
+    # anchors
+    "grid_anchors", "rpn_anchors", "inside_image", "wh_iou", "kmeans_anchors", "KMeansAnchors",
+    # matching
+    "match_anchors", "label_anchors", "sample_labels",
+    "BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "POSITIVE", "NEGATIVE", "IGNORE",
+    # nms
+    "nms", "batched_nms",
+    # losses
+    "focal_loss", "smooth_l1_loss",
+    # roi
+    "roi_pool", "rois_from_boxes",
+]

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .anchors import grid_anchors
-from .boxes import box_convert, box_iou, decode_boxes, encode_boxes
+from .anchors import SSD_GRID_SIZES, SSD_RATIOS, SSD_ZOOMS, grid_anchors
+from .boxes import box_iou, decode_boxes, encode_boxes
 from .losses import focal_loss, smooth_l1_loss
 from .matching import match_anchors
 from .nms import batched_nms
@@ -54,6 +54,9 @@ __all__ = [
     "MATCH_IOU_THRESHOLD",
     "SSDLoss",
     "ssd_targets",
+    "pad_targets",
+    "match_anchors_batched",
+    "gather_matches",
     "ssd_loss",
     "save_ssd",
     "load_ssd",
@@ -137,9 +140,9 @@ class SSDConfig:
 
     num_classes: int = 4  # including the background (label 0)
     image_size: int = 64
-    grids: tuple[int, ...] = (4, 2, 1)
-    zooms: tuple[float, ...] = (0.75, 1.0, 1.3)
-    ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.0, 0.5), (0.5, 1.0))
+    grids: tuple[int, ...] = SSD_GRID_SIZES
+    zooms: tuple[float, ...] = SSD_ZOOMS
+    ratios: tuple[tuple[float, float], ...] = SSD_RATIOS  # (width, height) factors
     stem_channels: int = 16
     stage_channels: tuple[int, ...] = (32, 64, 128)
     head_channels: int = 128
@@ -202,8 +205,8 @@ class SSD(nn.Module):
             StdConv(config.head_channels, config.head_channels, stride=2, dropout=config.dropout)
             for _ in config.grids)
         self.outputs = nn.ModuleList(OutConv(k, config.head_channels, config.num_classes) for _ in config.grids)
-        anchors_cxcywh = grid_anchors(list(config.grids), list(config.zooms), [tuple(r) for r in config.ratios])
-        self.register_buffer("anchors", _as_xyxy_norm(anchors_cxcywh), persistent=False)
+        anchors = grid_anchors(tuple(config.grids), tuple(config.zooms), tuple(tuple(r) for r in config.ratios))
+        self.register_buffer("anchors", anchors, persistent=False)  # (A, 4) normalised xyxy
         self.register_buffer("cell_sizes", anchor_cell_sizes(config.grids, k), persistent=False)
         if self.anchors.shape[0] != config.num_anchors:
             raise ValueError(f"grid_anchors gave {self.anchors.shape[0]} anchors, expected {config.num_anchors}")
@@ -267,11 +270,6 @@ class SSD(nn.Module):
                            nms_threshold, max_detections, candidates_per_image)
 
 
-def _as_xyxy_norm(anchors: torch.Tensor) -> torch.Tensor:
-    """grid_anchors' (A, 4) centre-size anchors -> normalised xyxy."""
-    return box_convert(anchors, "cxcywh", "xyxy")
-
-
 # --- from activations to boxes ------------------------------------------------------------------
 
 
@@ -300,9 +298,7 @@ def decode_ssd_boxes(box_outputs: torch.Tensor, anchors_norm: torch.Tensor, box_
             raise ValueError("cell_sizes (A,) is required for box_coding='tanh'")
         return tanh_to_boxes(box_outputs, anchors_norm, cell_sizes)
     if box_coding == "deltas":
-        flat_anchors = anchors_norm.expand_as(box_outputs).reshape(-1, 4)
-        return decode_boxes(box_outputs.reshape(-1, 4), flat_anchors, weights=SSD_BOX_WEIGHTS).reshape(
-            box_outputs.shape)
+        return decode_boxes(box_outputs, anchors_norm, weights=SSD_BOX_WEIGHTS)  # anchors broadcast
     raise ValueError(f"box_coding must be one of {BOX_CODINGS}, got {box_coding!r}")
 
 
@@ -343,6 +339,57 @@ def ssd_targets(gt_boxes_norm: torch.Tensor, gt_labels: torch.Tensor, anchors_no
     return anchor_labels, anchor_boxes
 
 
+def pad_targets(targets: Sequence[dict[str, torch.Tensor]], device: torch.device | str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B targets with N_i objects -> boxes (B, G, 4), labels (B, G), valid (B, G) bool, G = max N_i.
+
+    Padding rows are zero boxes with label 0 and ``valid`` False.
+    """
+    from torch.nn.utils.rnn import pad_sequence
+
+    if len(targets) == 0:
+        raise ValueError("targets must hold at least one image's dict, got none")
+    boxes = pad_sequence([t["boxes"].to(device, torch.float32).reshape(-1, 4) for t in targets], batch_first=True)
+    labels = pad_sequence([t["labels"].to(device, torch.int64).reshape(-1) for t in targets], batch_first=True)
+    counts = torch.tensor([t["labels"].numel() for t in targets], device=boxes.device)
+    valid = torch.arange(boxes.shape[1], device=boxes.device)[None, :] < counts[:, None]
+    return boxes, labels, valid
+
+
+def match_anchors_batched(gt_boxes: torch.Tensor, gt_valid: torch.Tensor, anchors: torch.Tensor,
+                          iou_threshold: float = MATCH_IOU_THRESHOLD) -> torch.Tensor:
+    """`match_anchors` for a whole padded batch at once: the same rule, no loop over images.
+
+    gt_boxes: (B, G, 4) xyxy, gt_valid: (B, G) bool (False = padding), anchors: (A, 4)
+    -> (B, A) int64: object index or -1 (background). Tests check it against `match_anchors`.
+    """
+    batch, num_gt = gt_valid.shape
+    if num_gt == 0:
+        return torch.full((batch, anchors.shape[0]), -1, dtype=torch.int64, device=anchors.device)
+    ious = box_iou(gt_boxes.reshape(-1, 4), anchors).reshape(batch, num_gt, -1)  # (B, G, A)
+    ious = ious.masked_fill(~gt_valid[..., None], -1.0)  # padding never matches
+    best_iou, matches = ious.max(dim=1)  # (B, A); ties: the first object
+    matches = torch.where(best_iou >= iou_threshold, matches, torch.full_like(matches, -1))
+    # Every object's best anchor (all of them on ties) is forced to it; an anchor that is the best of
+    # several objects goes to the one it overlaps most.
+    best_per_gt = ious.max(dim=2, keepdim=True).values  # (B, G, 1)
+    is_best = (ious == best_per_gt) & (best_per_gt > 0)
+    forced_gt = torch.where(is_best, ious, torch.full_like(ious, -1.0)).argmax(dim=1)  # (B, A)
+    return torch.where(is_best.any(dim=1), forced_gt, matches)
+
+
+def gather_matches(matches: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """matches (B, A), gt_boxes (B, G, 4), gt_labels (B, G) -> anchor labels (B, A) (0 background), boxes (B, A, 4)."""
+    positive = matches >= 0
+    if gt_labels.shape[1] == 0:
+        return torch.zeros_like(matches), torch.zeros(*matches.shape, 4, device=matches.device)
+    index = matches.clamp(min=0)
+    labels = torch.where(positive, gt_labels.gather(1, index), torch.zeros_like(matches))
+    boxes = gt_boxes.gather(1, index[..., None].expand(-1, -1, 4))
+    return labels, torch.where(positive[..., None], boxes, torch.zeros_like(boxes))
+
+
 def ssd_loss(
     class_logits: torch.Tensor,
     box_outputs: torch.Tensor,
@@ -363,8 +410,9 @@ def ssd_loss(
     class_logits: (B, A, C + 1), column 0 the background (dropped); box_outputs: (B, A, 4);
     targets: B dicts with ``boxes`` (N, 4) in pixels and ``labels`` (N,) in 1..C; anchors_norm: (A, 4).
 
-    Each image's objects are matched to anchors (`match_anchors`: every object keeps its best
-    anchor, other anchors need IoU >= ``iou_threshold``). Localization: L1 between decoded and true
+    Each image's objects are matched to the anchors with `match_anchors`' rule (every object gets
+    its best anchor, other anchors need IoU >= ``iou_threshold``), for the whole batch at once
+    (`match_anchors_batched`). Localization: L1 between decoded and true
     boxes (``"tanh"``) or smooth L1 between predicted and encoded offsets (``"deltas"``), on
     positive anchors only. Classification over all anchors and classes: binary cross-entropy
     (``"bce"``) or focal loss (``"focal"``, ``alpha`` weighting the positives). Both are sums
@@ -384,11 +432,9 @@ def ssd_loss(
         raise ValueError(f"targets must hold one dict per image ({batch}), got {len(targets)}")
 
     scale = _image_scale(image_size, class_logits.device)
-    # Matching is per image (objects per image differ); each match is vectorised over the anchors.
-    matches = [ssd_targets(t["boxes"].to(scale) / scale, t["labels"].to(class_logits.device),
-                           anchors_norm, iou_threshold) for t in targets]
-    anchor_labels = torch.stack([labels for labels, _ in matches])  # (B, A)
-    anchor_boxes = torch.stack([boxes for _, boxes in matches])  # (B, A, 4)
+    gt_boxes, gt_labels, gt_valid = pad_targets(targets, class_logits.device)
+    matches = match_anchors_batched(gt_boxes / scale, gt_valid, anchors_norm, iou_threshold)  # (B, A)
+    anchor_labels, anchor_boxes = gather_matches(matches, gt_boxes / scale, gt_labels)
     positive = anchor_labels > 0
     num_positive = int(positive.sum())
     normaliser = max(num_positive, 1)

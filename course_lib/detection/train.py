@@ -114,7 +114,7 @@ def _split_loss(value: Any) -> tuple[torch.Tensor, dict[str, float]]:
         return value, {}
     fields = value._asdict() if hasattr(value, "_asdict") else dict(value)
     total = fields.pop("total")
-    parts = {k: float(v) for k, v in fields.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+    parts = {k: float(v.detach()) for k, v in fields.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
     return total, parts
 
 
@@ -172,7 +172,7 @@ def fit(
         total.backward()
         optimizer.step()
         schedule.step()
-        window.append(float(total))
+        window.append(float(total.detach()))
         for name, value in parts.items():
             window_parts.setdefault(name, []).append(value)
         if step % log_every == 0 or step == steps:

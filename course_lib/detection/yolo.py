@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .anchors import wh_iou
 from .boxes import box_convert, clip_boxes
 from .nms import batched_nms
 
@@ -44,7 +45,6 @@ __all__ = [
     "foreground_scores",
     "postprocess",
     "detect",
-    "wh_iou",
     "build_targets",
     "yolo_loss",
 ]
@@ -328,7 +328,7 @@ def postprocess(
     scores, labels = foreground_scores(class_probs, background_index)  # (B, N) each
     boxes = box_convert(boxes_cxcywh, "cxcywh", "xyxy")
     if image_size is not None:
-        boxes = clip_boxes(boxes.reshape(-1, 4), image_size).reshape(boxes.shape)
+        boxes = clip_boxes(boxes, image_size)
     results = []
     for image_boxes, image_scores, image_labels in zip(boxes, scores, labels):  # one image at a time
         keep = image_scores > score_threshold
@@ -360,23 +360,6 @@ def detect(model: nn.Module, images: Tensor, anchors: Tensor, stride: float, **p
 # ----------------------------------------------------------------------------------------------
 # Training targets and loss
 # ----------------------------------------------------------------------------------------------
-def wh_iou(wh_a: Tensor, wh_b: Tensor) -> Tensor:
-    """IoU of boxes that share a centre and differ only in size: the anchors' similarity measure.
-
-    Args:
-        wh_a: (N, 2) widths and heights; wh_b: (K, 2).
-    Returns:
-        (N, K) ``min(w) * min(h) / (area_a + area_b - min(w) * min(h))``; 0 where both boxes are empty.
-    """
-    for name, wh in (("wh_a", wh_a), ("wh_b", wh_b)):
-        _check_tensor(name, wh)
-        if wh.dim() != 2 or wh.shape[1] != 2:
-            raise ValueError(f"{name} must have shape (N, 2) as (w, h), got {tuple(wh.shape)}")
-    inter = torch.minimum(wh_a[:, None, :], wh_b[None, :, :]).clamp(min=0).prod(dim=-1)
-    union = wh_a.prod(dim=-1)[:, None] + wh_b.prod(dim=-1)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
-
-
 def build_targets(
     targets: Sequence[dict[str, Tensor]],
     anchors: Tensor,
@@ -387,9 +370,9 @@ def build_targets(
     """Training targets for every prediction of a batch, in the decoded order.
 
     Each object is the responsibility of one prediction: the cell that contains its centre and the
-    anchor whose shape has the best `wh_iou` with it. All other predictions are background. When two
-    objects of one image pick the same cell and anchor, the one listed last is kept (one box per cell
-    and anchor is all this head can predict).
+    anchor whose shape overlaps it best (`course_lib.detection.anchors.wh_iou`: boxes sharing a
+    centre). All other predictions are background. When two objects of one image pick the same cell
+    and anchor, the one listed last is kept (one box per cell and anchor is all this head can predict).
 
     Args:
         targets: per image, ``boxes`` (M, 4) xyxy pixels and ``labels`` (M,) class indices.
@@ -398,7 +381,8 @@ def build_targets(
         background_index: the label of predictions that no object is assigned to.
     Returns:
         ``labels`` (B, N) int64 class of every prediction (``background_index`` where no object),
-        ``responsible`` (B, N) bool, and ``offsets`` (B, N, 4) the targets of responsible predictions:
+        ``responsible`` (B, N) bool, ``objects`` (B, N) int64 the index of the object in its image's
+        target (-1 where none), and ``offsets`` (B, N, 4) the targets of responsible predictions:
         ``(x / stride - c_x, y / stride - c_y, log(w / p_w), log(h / p_h))`` (0 elsewhere),
         with N = H * W * A.
     """
@@ -410,7 +394,7 @@ def build_targets(
     num_anchors = anchors.shape[0]
     num_predictions = height * width * num_anchors
     device, dtype = anchors.device, anchors.dtype
-    boxes, labels, images = [], [], []
+    boxes, labels, images, first_object = [], [], [], [0]
     for index, target in enumerate(targets):  # gathers the batch's objects into one list
         image_boxes, image_labels = target["boxes"], target["labels"]
         if image_boxes.dim() != 2 or image_boxes.shape[-1] != 4 or image_labels.shape != image_boxes.shape[:1]:
@@ -421,7 +405,9 @@ def build_targets(
         boxes.append(image_boxes.to(device, dtype))
         labels.append(image_labels.to(device, torch.int64))
         images.append(torch.full((image_boxes.shape[0],), index, device=device, dtype=torch.int64))
+        first_object.append(first_object[-1] + image_boxes.shape[0])
     boxes, labels, images = torch.cat(boxes), torch.cat(labels), torch.cat(images)
+    first_object = torch.tensor(first_object[:-1], device=device)
     batch = len(targets)
 
     centres_sizes = box_convert(boxes, "xyxy", "cxcywh")                       # (M, 4)
@@ -440,6 +426,8 @@ def build_targets(
 
     out_labels = torch.full((batch * num_predictions,), background_index, device=device, dtype=torch.int64)
     out_labels[responsible] = labels[chosen]
+    objects = torch.full((batch * num_predictions,), -1, device=device, dtype=torch.int64)
+    objects[responsible] = chosen - first_object[images[chosen]]
     offsets = torch.zeros(batch * num_predictions, 4, device=device, dtype=dtype)
     chosen_anchor = anchors[best_anchor[chosen]]
     offsets[responsible] = torch.cat([
@@ -449,6 +437,7 @@ def build_targets(
     return {
         "labels": out_labels.reshape(batch, num_predictions),
         "responsible": responsible.reshape(batch, num_predictions),
+        "objects": objects.reshape(batch, num_predictions),
         "offsets": offsets.reshape(batch, num_predictions, 4),
     }
 

@@ -112,9 +112,11 @@ def _cmd_feedback(args: argparse.Namespace) -> int:
     course_dir = _course_dir(args, root)
     with _jupyter_home(course_dir) as home, isolated_environment(Path(home), root):
         quiet_libraries()
-        written = generate_feedback(course_dir, args.assignments or None, args.students or None)
+        written, refused = generate_feedback(course_dir, args.assignments or None, args.students or None)
     print(f"wrote {len(written)} feedback pages under {course_dir / 'feedback'}")
-    return 0
+    for reason in refused:
+        print(f"  NOT WRITTEN {reason}", file=sys.stderr)
+    return 1 if refused else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -181,8 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .coursedir import CourseError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CourseError as error:
+        print(f"course {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

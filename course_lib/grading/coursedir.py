@@ -44,7 +44,11 @@ c.OverwriteCells.add_missing_cells = True
 '''
 
 
-class NbgraderError(RuntimeError):
+class CourseError(Exception):
+    """A problem the person running a `course` command can fix (a wrong name, a missing folder)."""
+
+
+class NbgraderError(CourseError):
     """An nbgrader step failed; the message is nbgrader's own last error line."""
 
 
@@ -77,7 +81,7 @@ def find_assignments(solutions_dir: Path, names: list[str] | None = None) -> lis
         matches = [name for name in available if name == stem] or [n for n in available if n.startswith(stem)]
         if len(matches) != 1:
             known = ", ".join(available) or "none"
-            raise SystemExit(f"course: assignment {wanted!r} matches {len(matches)} sources in {solutions_dir} (known: {known})")
+            raise CourseError(f"assignment {wanted!r} matches {len(matches)} sources in {solutions_dir} (known: {known})")
         chosen.append(Assignment(matches[0], available[matches[0]]))
     return chosen
 

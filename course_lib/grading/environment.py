@@ -64,8 +64,15 @@ def isolated_environment(home: Path, course_root: Path | None = None) -> Iterato
                 os.environ[var] = value
 
 
+_QUIETED = False
+
+
 def quiet_libraries() -> None:
-    """Silence warnings from nbgrader's database layer and the kernels' start-up notices."""
+    """Silence warnings from nbgrader's database layer and the kernels' start-up notices (once)."""
+    global _QUIETED
+    if _QUIETED:
+        return
+    _QUIETED = True
     warnings.filterwarnings("ignore", module=r"nbgrader\..*")
     warnings.filterwarnings("ignore", message=r".*not in session.*")  # SQLAlchemy, raised inside nbgrader
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(jupyter_client|traitlets|zmq)\..*")

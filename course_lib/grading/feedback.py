@@ -30,6 +30,7 @@ MIN_LEAK_LENGTH = 16
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TAG = re.compile(r"<[^>]+>")
 _CELL_FRAME = re.compile(r"Cell In\[(\d+)\], line (\d+)")
+_CONTEXT_LINE = re.compile(r"^(?:-*>)?\s*(\d+)\s")  # "      3 source" or "----> 4 source" in a frame
 
 
 class HiddenTestLeak(RuntimeError):
@@ -83,7 +84,8 @@ def redact_hidden_tests(nb: nbformat.NotebookNode) -> list[str]:
     for cell in cells:
         ranges = hidden_ranges(cell.source)
         lines = cell.source.splitlines()
-        hidden_by_cell.append((ranges, [lines[n - 1] for start, end in ranges for n in range(start, end + 1)]))
+        inner = [lines[n - 1] for start, end in ranges for n in range(start, end + 1)]
+        hidden_by_cell.append((ranges, [line for line in inner if HIDDEN_BEGIN not in line and HIDDEN_END not in line]))
         redacted[id(cell)] = _without_ranges(cell.source, ranges)
     # A hidden line that also appears in plain sight (another cell, the prose) is no secret.
     visible_text = "\n".join(redacted.get(id(c), c.source) for c in nb.cells)
@@ -98,14 +100,27 @@ def redact_hidden_tests(nb: nbformat.NotebookNode) -> list[str]:
                 output.evalue = "a hidden test failed"
                 output.traceback = [HIDDEN_FAILURE.format(ename=output.ename)]
             else:  # failed in the visible part: keep the traceback, minus any quoted hidden line
-                output.traceback = [_scrub(frame, leaks) for frame in output.traceback]
+                output.traceback = [_scrub(frame, leaks, ranges, cell.get("execution_count"))
+                                    for frame in output.traceback]
         cell.source = redacted[id(cell)]
         leaks_all.extend(leaks)
     return leaks_all
 
 
-def _scrub(frame: str, leaks: list[str]) -> str:
-    return "\n".join(line for line in frame.split("\n") if not any(leak in _ANSI.sub("", line) for leak in leaks))
+def _scrub(frame: str, leaks: list[str], ranges: list[tuple[int, int]], execution_count) -> str:
+    """A traceback frame without the lines that quote hidden code (IPython shows lines around the failure)."""
+    unwanted = [*leaks, HIDDEN_BEGIN, HIDDEN_END]
+    in_test_cell = _failing_line([frame], execution_count) is not None
+    kept = []
+    for line in frame.split("\n"):
+        plain = _ANSI.sub("", line)
+        if any(u in plain for u in unwanted):
+            continue
+        numbered = _CONTEXT_LINE.match(plain)
+        if in_test_cell and numbered and any(start <= int(numbered.group(1)) <= end for start, end in ranges):
+            continue
+        kept.append(line)
+    return "\n".join(kept)
 
 
 def check_no_hidden_tests(text: str, hidden_lines: list[str], where: str) -> None:
@@ -130,54 +145,77 @@ def _unreadable_page(student: str, assignment: str, status: str, message: str) -
     )
 
 
+def _feedback_path(course_dir: Path, student: str, assignment: str) -> Path:
+    return Path(course_dir) / "feedback" / student / assignment / f"{assignment}.html"
+
+
+def _records(course_dir: Path, assignments: list[str] | None, students: list[str] | None) -> dict[str, list[str]]:
+    """Students with a grade record, by assignment (optionally only some of each)."""
+    records_root = Path(course_dir) / RECORDS_DIR
+    chosen: dict[str, list[str]] = {}
+    for folder in sorted(p for p in records_root.glob("*") if p.is_dir()):
+        if not assignments or folder.name in assignments:
+            chosen[folder.name] = [p.stem for p in sorted(folder.glob("*.json")) if not students or p.stem in students]
+    return chosen
+
+
+def _stage_redacted(course_dir: Path, scratch_root: Path, assignment: str, student: str, record) -> list[str]:
+    """Copy the graded notebook, hidden tests removed, where nbgrader will render it; returns the hidden lines."""
+    graded = Path(course_dir) / "autograded" / student / assignment / f"{assignment}.ipynb"
+    nb = nbformat.read(graded, as_version=4)
+    hidden = redact_hidden_tests(nb)
+    if record.status != Status.GRADED and record.message:
+        nb.cells.insert(1 if nb.cells else 0, _status_note(record.status, record.message))
+    check_no_hidden_tests(nbformat.writes(nb), hidden, f"{student}/{assignment}")
+    staged = scratch_root / "autograded" / student / assignment / f"{assignment}.ipynb"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, staged)
+    return hidden
+
+
 def generate_feedback(course_dir: Path, assignments: list[str] | None = None,
-                      students: list[str] | None = None) -> list[Path]:
-    """Write ``course_dir/feedback/<student>/<assignment>/<assignment>.html`` for graded submissions."""
+                      students: list[str] | None = None) -> tuple[list[Path], list[str]]:
+    """Write ``course_dir/feedback/<student>/<assignment>/<assignment>.html`` for graded submissions.
+
+    Returns the pages written and the reasons for pages refused (they would have shown hidden tests).
+    """
     from nbgrader.converters import GenerateFeedback
 
     from .coursedir import db_url
 
     course_dir = Path(course_dir)
-    records_root = course_dir / RECORDS_DIR
-    wanted = sorted(p.name for p in records_root.iterdir() if p.is_dir()) if records_root.is_dir() else []
     written: list[Path] = []
-    for assignment in wanted:
-        if assignments and assignment not in assignments:
-            continue
-        chosen = sorted(p.stem for p in (records_root / assignment).glob("*.json"))
-        chosen = [s for s in chosen if not students or s in students]
+    refused: list[str] = []
+    for assignment, chosen in _records(course_dir, assignments, students).items():
         with tempfile.TemporaryDirectory(prefix="course-feedback-") as scratch:
-            scratch_root = Path(scratch)
-            to_render: dict[str, list[str]] = {}
+            staged: dict[str, list[str]] = {}
             for student in chosen:
                 record = load_record(course_dir, assignment, student)
-                target = course_dir / "feedback" / student / assignment / f"{assignment}.html"
-                graded = course_dir / "autograded" / student / assignment / f"{assignment}.ipynb"
-                if record is None:
-                    continue
-                if not graded.exists():
+                target = _feedback_path(course_dir, student, assignment)
+                target.unlink(missing_ok=True)  # no stale page survives a refusal
+                if not (course_dir / "autograded" / student / assignment / f"{assignment}.ipynb").exists():
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text(_unreadable_page(student, assignment, record.status, record.message), encoding="utf-8")
                     written.append(target)
                     continue
-                nb = nbformat.read(graded, as_version=4)
-                hidden = redact_hidden_tests(nb)
-                if record.status != Status.GRADED and record.message:
-                    nb.cells.insert(1 if nb.cells else 0, _status_note(record.status, record.message))
-                check_no_hidden_tests(nbformat.writes(nb), hidden, f"{student}/{assignment}")
-                copy = scratch_root / "autograded" / student / assignment / f"{assignment}.ipynb"
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                nbformat.write(nb, copy)
-                to_render[student] = hidden
-            if not to_render:
+                try:
+                    staged[student] = _stage_redacted(course_dir, Path(scratch), assignment, student, record)
+                except HiddenTestLeak as leak:
+                    refused.append(str(leak))
+            if not staged:
                 continue
-            run_converter(GenerateFeedback, scratch_root, assignment, name="feedback",
+            # nbgrader renders the pages (its feedback template, scores from the gradebook).
+            run_converter(GenerateFeedback, Path(scratch), assignment, name="feedback",
                           **{"CourseDirectory.db_url": db_url(course_dir)})
-            for student, hidden in to_render.items():
-                page = scratch_root / "feedback" / student / assignment / f"{assignment}.html"
-                check_no_hidden_tests(page.read_text(encoding="utf-8"), hidden, f"{student}/{assignment}")
-                target = course_dir / "feedback" / student / assignment / page.name
+            for student, hidden in staged.items():
+                page = _feedback_path(Path(scratch), student, assignment)
+                try:
+                    check_no_hidden_tests(page.read_text(encoding="utf-8"), hidden, f"{student}/{assignment}")
+                except HiddenTestLeak as leak:
+                    refused.append(str(leak))
+                    continue
+                target = _feedback_path(course_dir, student, assignment)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(page, target)
                 written.append(target)
-    return written
+    return written, refused

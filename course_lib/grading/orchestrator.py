@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .autograde import GradingOptions, grade_submission, questions, sha256
-from .coursedir import LOGS_DIR, Assignment, write_course_config
+from .coursedir import LOGS_DIR, Assignment, CourseError, write_course_config
 from .export import load_record, record_path
 from .gradebook import has_assignment, store_record
 from .record import GradeRecord, Status
@@ -78,7 +78,7 @@ def discover(submissions_dir: Path, assignments: list[str] | None = None) -> lis
     """Every ``<student>/<assignment>/`` folder under the submissions folder, sorted."""
     root = submitted_root(submissions_dir)
     if not root.is_dir():
-        raise SystemExit(f"course: no submissions folder at {root}")
+        raise CourseError(f"no submissions folder at {root}")
     tasks = []
     for student_dir in _visible_dirs(root):
         for assignment_dir in _visible_dirs(student_dir):
@@ -206,9 +206,10 @@ def grade_folder(
     course_dir = Path(course_dir)
     run = GradingRun()
     tasks = discover(submissions_dir, only)
-    unknown = sorted({t.assignment for t in tasks if t.assignment not in sources})
-    if unknown:
-        print(f"course: no source in solutions/ for {', '.join(unknown)}: those folders are not graded", file=sys.stderr)
+    for task in tasks:
+        if task.assignment not in sources:
+            print(f"course: NOT GRADED {task.folder}: no assignment named {task.assignment!r} "
+                  f"(known: {', '.join(sorted(sources)) or 'none'})", file=sys.stderr)
     tasks = [t for t in tasks if t.assignment in sources]
     ensure_course(course_dir, sorted({sources[t.assignment] for t in tasks}, key=lambda a: a.name), options.setup_timeout)
 

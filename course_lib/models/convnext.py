@@ -50,8 +50,6 @@ DEPTHWISE_KERNEL_SIZE = 7
 MLP_EXPANSION = 4
 STEM_PATCH_SIZE = 4
 DOWNSAMPLE_FACTOR = 2
-#: stem (4) x three downsamplings (2 x 2 x 2): the smallest input that still has one pixel at the end.
-MIN_INPUT_SIZE = 32
 INIT_STD = 0.02
 
 
@@ -271,6 +269,7 @@ class ConvNeXt(nn.Module):
 
     @property
     def min_input_size(self) -> int:
+        """Smallest height and width with one pixel left at the end: 4 * 2 * 2 * 2 = 32 for four stages."""
         return STEM_PATCH_SIZE * DOWNSAMPLE_FACTOR ** (len(self.dims) - 1)
 
     def forward_features(self, x: Tensor) -> Tensor:
