@@ -52,7 +52,7 @@ def main() -> None:
             print(f"workers={workers}: {seconds:.1f} s for {args.copies} submissions "
                   f"({seconds / args.copies:.1f} s per submission)")
         base = timings[args.workers[0]]
-        for workers, seconds in timings.items():
+        for workers, seconds in list(timings.items())[1:]:
             print(f"speed-up with {workers} workers vs {args.workers[0]}: {base / seconds:.2f}x")
 
 

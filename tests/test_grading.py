@@ -162,6 +162,16 @@ def test_deleting_an_answer_and_its_tests_puts_back_a_placeholder_not_the_stub(e
     assert _ids(submitted) == _ids(release)
 
 
+def test_a_notebook_without_any_assignment_cell_gets_one_clear_note(exercise_pair):
+    release, source = exercise_pair
+    submitted = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('my own notebook')")])
+    repair = restore_cells(submitted, release, source)
+    assert repair.problems == ["the notebook holds none of the assignment's cells (a different notebook?); "
+                               "its cells were put back for grading, with empty answers"]
+    assert _ids(submitted) == _ids(release)
+    assert submitted.cells[_index(submitted, "q1_answer")].source == MISSING_ANSWER_SOURCE
+
+
 def test_edited_tests_changed_points_and_duplicates_are_reported(exercise_pair):
     release, source = exercise_pair
     submitted = copy.deepcopy(release)
@@ -257,3 +267,22 @@ def test_leak_check_refuses_markers_and_hidden_code():
         check_no_hidden_tests("<span>### BEGIN HIDDEN TESTS</span>", [], "x")
     with pytest.raises(HiddenTestLeak):
         check_no_hidden_tests("<span class='k'>assert</span> f(-4) == 16, &#39;neg&#39;", ["assert f(-4) == 16, 'neg'"], "x")
+
+
+# ------------------------------------------------------------------------------ self-checks
+def test_copy_weights_names_missing_layers_and_wrong_shapes():
+    import torch
+    from torch import nn
+
+    from course_lib import checks
+
+    reference = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    same = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    checks.copy_weights("Q9 demo", same, reference)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(same.eval()(x), reference.eval()(x))
+    with pytest.raises(checks.CheckFailed, match=r"^Q9 demo: your module has other layer names than expected "
+                                                  r"\(missing 1\.bias, 1\.num_batches_tracked"):
+        checks.copy_weights("Q9 demo", nn.Sequential(nn.Conv2d(3, 4, 3)), reference)
+    with pytest.raises(checks.CheckFailed, match=r"0\.weight should have shape \(4, 3, 3, 3\), got \(4, 3, 5, 5\)"):
+        checks.check_same_parameters("Q9 demo", nn.Sequential(nn.Conv2d(3, 4, 5), nn.BatchNorm2d(4)), reference)

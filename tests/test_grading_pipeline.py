@@ -106,7 +106,9 @@ def graded(tmp_path_factory):
     base = tmp_path_factory.mktemp("class")
     submitted, course_dir = base / "submitted", base / "grading"
     build_submissions(submitted)
-    first = course("grade", str(submitted), "--course-dir", str(course_dir), "--workers", "2", "--no-progress")
+    # Generous limits for the first run: other lessons' solutions train small models, on busy cores.
+    first = course("grade", str(submitted), "--course-dir", str(course_dir), "--workers", "2", "--no-progress",
+                   "--timeout", "600", "--setup-timeout", "600")
 
     loop = nbformat.read(ROOT / "exercises" / f"{EX1}.ipynb", as_version=4)
     _cell(loop, "q1_answer").source = _solution_answer("q1_answer").replace(

@@ -1,6 +1,8 @@
 """course_lib.detection.nms: the same kept boxes, in the same order, as torchvision.ops."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -8,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_lib.detection.nms import _float_threshold, batched_nms, nms
+
+NMS_MODULE = sys.modules["course_lib.detection.nms"]  # the package exports a function of that name
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
@@ -75,6 +79,29 @@ def test_large_inputs_equal_torchvision(make, threshold):
     # Above 1,000 boxes torchvision's batched_nms switches to a loop over classes.
     classes = torch.randint(10, (3000,), generator=torch.Generator().manual_seed(2))
     assert_same_as_torchvision(boxes, scores, threshold, classes)
+
+
+@pytest.mark.parametrize("mode", ["blocks only", "sweep only", "tiny tiles"])
+def test_both_phases_and_tiling_equal_torchvision(monkeypatch, mode):
+    if mode == "blocks only":  # phase 1 never hands over
+        monkeypatch.setattr(NMS_MODULE, "DENSE_REMOVAL", 0.0)
+        monkeypatch.setattr(NMS_MODULE, "BLOCK", 16)
+    elif mode == "sweep only":  # phase 2 does (almost) everything
+        monkeypatch.setattr(NMS_MODULE, "DENSE_REMOVAL", float("inf"))
+        monkeypatch.setattr(NMS_MODULE, "BLOCK", 4)
+    else:  # many row blocks, windows cut into several column tiles
+        monkeypatch.setattr(NMS_MODULE, "TILE_PAIRS", 64)
+        monkeypatch.setattr(NMS_MODULE, "TILE_ROWS", 4)
+        monkeypatch.setattr(NMS_MODULE, "TILE_COLS", 16)
+    for seed in range(12):
+        make = scattered_boxes if seed % 2 else clustered_boxes
+        boxes, scores = make(50 + 37 * seed, seed)
+        if seed % 3 == 0:
+            scores = (scores * 4).floor()  # ties
+        threshold = THRESHOLDS[seed % len(THRESHOLDS)]
+        assert_same_as_torchvision(boxes, scores, threshold)
+        classes = torch.randint(3, (len(boxes),), generator=torch.Generator().manual_seed(seed))
+        assert_same_as_torchvision(boxes, scores, threshold, classes)
 
 
 def test_worked_example():

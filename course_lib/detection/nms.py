@@ -37,13 +37,14 @@ __all__ = ["nms", "batched_nms"]
 TILE_PAIRS = 32_768
 #: Phase 1 settles the best remaining boxes this many at a time (a 128 x 128 tile) ...
 BLOCK = 128
-#: ... and hands over to phase 2 once a block keeps more than this fraction of its boxes.
-DENSE_KEEP_FRACTION = 0.5
-#: Phase 2 tiles: 32 boxes against up to 1024 boxes of their window.
-TILE_ROWS = 32
+#: ... and hands over to phase 2 once a block's boxes look sparse: when the boxes it keeps can
+#: be expected to remove less than this fraction of the rest.
+DENSE_REMOVAL = 0.25
+#: Phase 2 tiles: 128 boxes against up to 256 boxes of their window.
+TILE_ROWS = 128
 TILE_COLS = TILE_PAIRS // TILE_ROWS
-#: Relative safety margin of the horizontal-window test, far above float rounding, so that no
-#: pair the exact IoU test accepts is left out of a window.
+#: Relative safety margin of the window tests, far above float rounding, so that no pair the
+#: exact IoU test accepts is left out of a window.
 WINDOW_SLACK = 1e-3
 
 
@@ -100,38 +101,49 @@ def _nms(boxes: Tensor, scores: Tensor, classes: Tensor | None, iou_threshold: f
     classes = None if classes is None else classes[by_score]
     kept = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
 
-    # Phase 1: the best boxes, block by block, while blocks keep few of their boxes.
+    remaining = _settle_dense_blocks(boxes, classes, threshold, kept)  # phase 1
+    if remaining.numel() > 0:  # phase 2
+        first, second = _overlapping_pairs(boxes[remaining], None if classes is None else classes[remaining],
+                                           iou_threshold, threshold)
+        # `remaining` is in greedy order: the smaller index of a pair comes first.
+        keep = _greedy_keep(len(remaining), torch.minimum(first, second), torch.maximum(first, second))
+        kept[remaining[keep]] = True
+    return by_score[kept]
+
+
+def _settle_dense_blocks(boxes: Tensor, classes: Tensor | None, threshold: Tensor, kept: Tensor) -> Tensor:
+    """Phase 1: settle the best boxes a block at a time while blocks look dense.
+
+    boxes: (N, 4) in greedy order; marks the boxes it keeps in ``kept`` (N,) and returns the
+    greedy ranks of the boxes it has not settled, in greedy order.
+    """
     remaining = torch.arange(len(boxes), device=boxes.device)
     while remaining.numel() > 0:
         block, rest = remaining[:BLOCK], remaining[BLOCK:]
-        overlaps = _iou_exceeds(boxes[block], boxes[block], threshold)
-        if classes is not None:
-            overlaps &= classes[block][:, None] == classes[block][None, :]
+        overlaps = _same_class(_iou_exceeds(boxes[block], boxes[block], threshold), classes, block, block)
         earlier, later = overlaps.triu_(diagonal=1).nonzero().unbind(1)
-        block_keep = _greedy_keep(len(block), earlier, later)
-        if rest.numel() > 0 and int(block_keep.sum()) > DENSE_KEEP_FRACTION * len(block):
-            break  # sparse overlaps: phase 2 does better (and settles this block again)
-        winners = block[block_keep]
+        winners = block[_greedy_keep(len(block), earlier, later)]
+        # The block is a sample of the rest: each of its boxes overlaps 2 * pairs / len(block)
+        # of it, so the winners should remove about winners * that / len(block) of the rest.
+        expected_removal = len(winners) * 2 * len(earlier) / len(block) ** 2
+        if rest.numel() > 0 and expected_removal < DENSE_REMOVAL:
+            return remaining  # sparse: phase 2 does better (and settles this block again)
         kept[winners] = True
         removed = torch.zeros(len(rest), dtype=torch.bool, device=boxes.device)
         step = max(1, TILE_PAIRS // max(1, len(winners)))
-        for lo in range(0, len(rest), step):  # the rest, a tile at a time
+        for lo in range(0, len(rest), step):  # the winners remove what they overlap, a tile at a time
             chunk = rest[lo:lo + step]
-            overlaps = _iou_exceeds(boxes[winners], boxes[chunk], threshold)
-            if classes is not None:
-                overlaps &= classes[winners][:, None] == classes[chunk][None, :]
+            overlaps = _same_class(_iou_exceeds(boxes[winners], boxes[chunk], threshold), classes, winners, chunk)
             removed[lo:lo + step] = overlaps.any(dim=0)
         remaining = rest[~removed]
-    else:
-        return by_score[kept]
+    return remaining
 
-    # Phase 2: every overlapping pair among the remaining boxes, then the greedy rounds.
-    first, second = _overlapping_pairs(boxes[remaining], None if classes is None else classes[remaining],
-                                       iou_threshold, threshold)
-    # Remaining boxes are in greedy order, so the smaller index of a pair comes first.
-    keep = _greedy_keep(len(remaining), torch.minimum(first, second), torch.maximum(first, second))
-    kept[remaining[keep]] = True
-    return by_score[kept]
+
+def _same_class(overlaps: Tensor, classes: Tensor | None, rows: Tensor, cols: Tensor) -> Tensor:
+    """Keep only overlaps between boxes of one class (all of them without classes)."""
+    if classes is None:
+        return overlaps
+    return overlaps & (classes[rows][:, None] == classes[cols][None, :])
 
 
 def _float_threshold(iou_threshold: float, dtype: torch.dtype) -> Tensor:
@@ -144,61 +156,87 @@ def _float_threshold(iou_threshold: float, dtype: torch.dtype) -> Tensor:
     return value
 
 
-def _iou_exceeds(boxes1: Tensor, boxes2: Tensor, threshold: Tensor) -> Tensor:
+def _iou_exceeds(boxes1: Tensor, boxes2: Tensor, threshold: Tensor,
+                 area1: Tensor | None = None, area2: Tensor | None = None) -> Tensor:
     """IoU(boxes1[i], boxes2[j]) > threshold, with the operations in the order (and so with
     the rounding) of torchvision's kernel.
 
-    boxes1: (N, 4), boxes2: (M, 4) xyxy, threshold from `_float_threshold`  ->  (N, M) bool.
+    boxes1: (N, 4), boxes2: (M, 4) xyxy, threshold from `_float_threshold`, optional areas
+    (N,), (M,)  ->  (N, M) bool.
     """
     x1a, y1a, x2a, y2a = (c[:, None] for c in boxes1.unbind(1))
     x1b, y1b, x2b, y2b = (c[None, :] for c in boxes2.unbind(1))
+    area1 = (x2a - x1a) * (y2a - y1a) if area1 is None else area1[:, None]
+    area2 = (x2b - x1b) * (y2b - y1b) if area2 is None else area2[None, :]
     overlap_w = (torch.minimum(x2a, x2b) - torch.maximum(x1a, x1b)).clamp_(min=0)
     overlap_h = (torch.minimum(y2a, y2b) - torch.maximum(y1a, y1b)).clamp_(min=0)
     inter = overlap_w.mul_(overlap_h)
-    union = ((x2a - x1a) * (y2a - y1a) + (x2b - x1b) * (y2b - y1b)).sub_(inter)
-    return inter.div_(union) > threshold  # 0 / 0 (two empty boxes) is NaN: not above
+    return inter.div_((area1 + area2).sub_(inter)) > threshold  # 0 / 0 is NaN: not above
 
 
 def _overlapping_pairs(boxes: Tensor, classes: Tensor | None, iou_threshold: float,
                        threshold: Tensor) -> tuple[Tensor, Tensor]:
     """All pairs of boxes (of the same class) with IoU > iou_threshold, each pair once.
 
+    IoU > t needs the boxes to overlap by more than t times the width (height) of each, so
+    their centres are less than (1 - t) x the larger width (height) apart. Hence:
+
+    - bands: cut the image into horizontal bands of height (1 - t) x the tallest box; two
+      boxes that overlap enough are in the same band or in neighbouring bands;
+    - windows: sort each band by left edge; box p can only overlap enough with boxes whose
+      left edge lies in a window: after p's and before ``x2 - t * w`` in its own band; in the
+      next band after ``x1 - (1 - t) * widest`` and before ``x2 - t * w``.
+
+    Blocks of rows are compared with their windows in dense tiles; all other pairs are
+    never looked at.
+
     boxes: (N, 4) xyxy  ->  (first (P,), second (P,)) int64 box indices.
     """
-    num_boxes = boxes.shape[0]
     device = boxes.device
-    x1, x2 = boxes[:, 0].double(), boxes[:, 2].double()
-    # If IoU > t then the horizontal overlap exceeds t * width of each box. So a box q whose
-    # left edge is not left of box p's can only matter to p if x1_q < reach_p:
-    reach = x2 - iou_threshold * (1 - WINDOW_SLACK) * (x2 - x1)
-    # Sort by (class, left edge). Ranks of the coordinates make exact integer keys, and
-    # offsetting each class past all ranks keeps a window inside its class.
-    _, coordinate_rank = torch.unique(torch.cat((x1, reach)), return_inverse=True)
-    class_offset = 0
-    if classes is not None:
-        class_offset = torch.unique(classes, return_inverse=True)[1] * (2 * num_boxes)
-    left_key = coordinate_rank[:num_boxes] + class_offset
-    reach_key = coordinate_rank[num_boxes:] + class_offset
+    empty = torch.empty(0, dtype=torch.int64, device=device)
+    num_boxes = boxes.shape[0]
+    x1, y1, x2, y2 = boxes.double().unbind(1)
+    width, height = x2 - x1, y2 - y1
+    t = iou_threshold * (1 - WINDOW_SLACK)  # looser than the exact test: never misses a pair
+    band_height = (1 - t) * float(height.max()) if num_boxes > 1 else 0.0
+    if iou_threshold >= 1 or band_height <= 0:
+        return empty, empty  # IoU never exceeds 1; flat boxes have IoU 0
+    band = torch.floor(((y1 + y2) / 2 - float(y1.min())) / band_height).long()
+    num_bands = int(band.max()) + 2  # one empty band more, so "the next band" never leaves a class
+    group = band if classes is None else torch.unique(classes, return_inverse=True)[1] * num_bands + band
+    reach = x2 - t * width  # partners start left of this ...
+    back = x1 - (1 - t) * float(width.max())  # ... and, in the next band, right of this
+
+    # Exact integer keys (group, left edge): ranks of all coordinates, groups offset past them.
+    _, rank = torch.unique(torch.cat((x1, reach, back)), return_inverse=True)
+    left_key, reach_key, back_key = (rank.view(3, -1) + group * (3 * num_boxes)).unbind(0)
     order = torch.argsort(left_key, stable=True)
-    # Box at sorted position p can overlap the boxes at sorted positions p < q < window_end[p].
-    window_end = torch.searchsorted(left_key[order], reach_key[order])
+    sorted_key = left_key[order]
+    same_end = torch.searchsorted(sorted_key, reach_key[order]).tolist()
+    next_start = torch.searchsorted(sorted_key, back_key[order] + 3 * num_boxes, right=True).tolist()
+    next_end = torch.searchsorted(sorted_key, reach_key[order] + 3 * num_boxes).tolist()
+    group_end = torch.searchsorted(sorted_key, sorted_key - sorted_key % (3 * num_boxes) + 3 * num_boxes).tolist()
 
     ordered = boxes[order]
-    position = torch.arange(num_boxes, device=device)
-    ends = window_end.tolist()
+    area = (ordered[:, 2] - ordered[:, 0]) * (ordered[:, 3] - ordered[:, 1])
     firsts, seconds = [], []
-    for start in range(0, num_boxes, TILE_ROWS):  # blocks of rows ...
-        stop = min(start + TILE_ROWS, num_boxes)
+    start = 0
+    while start < num_boxes:  # blocks of rows, never across two groups ...
+        stop = min(start + TILE_ROWS, group_end[start])
         rows = slice(start, stop)
-        for lo in range(start + 1, max(ends[start:stop]), TILE_COLS):  # ... against their window
-            cols = slice(lo, min(lo + TILE_COLS, max(ends[start:stop])))
-            in_window = ((position[None, cols] > position[rows, None])
-                         & (position[None, cols] < window_end[rows, None]))
-            row, col = (_iou_exceeds(ordered[rows], ordered[cols], threshold) & in_window).nonzero().unbind(1)
-            firsts.append(row + start)
-            seconds.append(col + lo)
+        windows = [(start + 1, max(same_end[start:stop]), True),
+                   (min(next_start[start:stop]), max(next_end[start:stop]), False)]
+        for lo, hi, same_band in windows:  # ... against their windows, a tile at a time
+            for tile_lo in range(lo, hi, TILE_COLS):
+                cols = slice(tile_lo, min(tile_lo + TILE_COLS, hi))
+                overlaps = _iou_exceeds(ordered[rows], ordered[cols], threshold, area[rows], area[cols])
+                if same_band and tile_lo <= stop:  # a pair once: the column after the row
+                    overlaps &= torch.ones_like(overlaps).triu_(start + 1 - tile_lo)
+                row, col = overlaps.nonzero().unbind(1)
+                firsts.append(row + start)
+                seconds.append(col + tile_lo)
+        start = stop
     if not firsts:
-        empty = torch.empty(0, dtype=torch.int64, device=device)
         return empty, empty
     return order[torch.cat(firsts)], order[torch.cat(seconds)]
 

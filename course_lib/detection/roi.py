@@ -147,8 +147,9 @@ def roi_pool(features: Tensor, rois: Tensor | Sequence[Tensor], output_size: int
     levels_h, levels_w = int(level_h.max()) + 1, int(level_w.max()) + 1
     table = _window_max_table(features.permute(0, 2, 3, 1), levels_h, levels_w)
     table = table.reshape(-1, channels)  # rows indexed by (level_h, level_w, b, y, x)
-    top, bottom = row_lo, (row_hi - (1 << level_h)).clamp(min=0)  # (K, out_h)
-    left, right = col_lo, (col_hi - (1 << level_w)).clamp(min=0)  # (K, out_w)
+    # (Clamped so that empty bins, masked below, still read inside the table.)
+    top, bottom = row_lo.clamp(max=height - 1), (row_hi - (1 << level_h)).clamp(0, height - 1)  # (K, out_h)
+    left, right = col_lo.clamp(max=width - 1), (col_hi - (1 << level_w)).clamp(0, width - 1)  # (K, out_w)
 
     def rows_of(y: Tensor, x: Tensor) -> Tensor:  # (K, out_h), (K, out_w) -> (K*out_h*out_w,)
         level = level_h[:, :, None] * levels_w + level_w[:, None, :]

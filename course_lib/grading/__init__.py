@@ -1,1 +1,14 @@
-"""Releasing, autograding and giving feedback on the course's exercises (built on nbgrader)."""
+"""Releasing, autograding and giving feedback on the course's exercises (nbgrader underneath).
+
+The `course` command (`cli`) drives it:
+
+- `release`: exercises/ generated from solutions/ by nbgrader's generate_assignment, normalised so
+  the same source always gives the same bytes;
+- `autograde.grade_submission`: one pure step, ``(assignment source, submitted notebook) ->
+  GradeRecord``, in its own temporary nbgrader course folder; `submission` checks and repairs
+  what students changed, `preprocessors` add per-cell time limits, survive a dead kernel and stop
+  warnings from costing points;
+- `orchestrator`: runs those steps in a process pool and is the only writer of the instructor's
+  folder (`gradebook`: nbgrader's gradebook.db; `export`: the grades CSV);
+- `feedback`: nbgrader's feedback pages, with every hidden test removed.
+"""

@@ -73,36 +73,45 @@ def grade_submission(
     """
     started = time.monotonic()
     source = nbformat.reads(source_notebook.decode("utf-8"), as_version=4)
+    max_scores = questions(source)
     record = GradeRecord(
         student=student,
         assignment=assignment,
         notebook=assignment,
         status=Status.GRADED,
-        max_scores=questions(source),
+        scores={gid: 0.0 for gid in max_scores},
+        max_scores=max_scores,
         submission_sha256=sha256(submitted_notebook),
         source_sha256=sha256(source_notebook),
         timestamp=timestamp,
     )
-    record.scores = {gid: 0.0 for gid in record.max_scores}
+    try:
+        notes = _grade(record, source, source_notebook, submitted_notebook, options)
+    finally:
+        record.duration_s = time.monotonic() - started
+    record.status = Status.most_serious([status for status, _ in notes])
+    record.message = "; ".join(note for _, note in notes)
+    return record
+
+
+def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebook: bytes,
+           options: GradingOptions) -> list[tuple[str, str]]:
+    """Fill ``record``'s scores, graded notebook and log; returns ``(status, note)`` for each problem."""
     try:
         submitted = read_submission(submitted_notebook)
     except UnreadableSubmission as error:
-        record.status, record.message = Status.FAILED, str(error)
-        record.duration_s = time.monotonic() - started
-        return record
-
+        return [(Status.FAILED, str(error))]
     try:
-        template = _assignment_template(assignment, source_notebook)
+        template = _assignment_template(record.assignment, source_notebook)
     except NbgraderError as error:
-        record.status, record.message = Status.ERROR, f"nbgrader could not read the assignment source: {error}"
-        record.duration_s = time.monotonic() - started
-        return record
+        return [(Status.ERROR, f"nbgrader could not read the assignment source: {error}")]
 
+    assignment = record.assignment
     with tempfile.TemporaryDirectory(prefix="course-grade-") as scratch:
         root = Path(scratch)
         shutil.copytree(template, root, dirs_exist_ok=True)
         release = nbformat.read(root / "release" / assignment / f"{assignment}.ipynb", as_version=4)
-        repair = restore_cells(submitted, release, source)
+        notes = [(Status.TAMPERED, problem) for problem in restore_cells(submitted, release, source).problems]
 
         submitted_path = root / "submitted" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
         submitted_path.parent.mkdir(parents=True)
@@ -110,23 +119,17 @@ def grade_submission(
         try:
             log = _autograde(root, assignment, options)
         except NbgraderError as error:
-            record.status, record.message = Status.FAILED, f"nbgrader could not grade the notebook: {error}"
-            record.duration_s = time.monotonic() - started
-            return record
+            return [*notes, (Status.FAILED, f"nbgrader could not grade the notebook: {error}")]
 
         graded_path = root / "autograded" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
-        graded_text = graded_path.read_text(encoding="utf-8")
-        record.graded_notebook = graded_text
+        record.graded_notebook = graded_path.read_text(encoding="utf-8")
         record.log = "\n".join(log[-LOG_TAIL_LINES:])
         record.scores, manual = _scores_from_gradebook(root, assignment, record.max_scores)
 
-    problems = {Status.TAMPERED: repair.problems, **_execution_problems(nbformat.reads(graded_text, as_version=4), options)}
+    notes += _execution_problems(nbformat.reads(record.graded_notebook, as_version=4), options)
     if manual:
-        problems.setdefault(Status.GRADED, []).append(f"needs manual grading: {', '.join(manual)}")
-    record.status = Status.most_serious([status for status, notes in problems.items() if notes and status != Status.GRADED])
-    record.message = "; ".join(note for notes in problems.values() for note in notes)
-    record.duration_s = time.monotonic() - started
-    return record
+        notes.append((Status.GRADED, f"needs manual grading: {', '.join(manual)}"))
+    return notes
 
 
 #: Course folders with an assignment generated in them, by source content (one per process).
@@ -205,11 +208,11 @@ def describe_cell(index: int, cell) -> str:
     return f"cell {index + 1} ({first_line[:40]!r})"
 
 
-def _execution_problems(graded: nbformat.NotebookNode, options: GradingOptions) -> dict[str, list[str]]:
+def _execution_problems(graded: nbformat.NotebookNode, options: GradingOptions) -> list[tuple[str, str]]:
     """Timeouts, a dead kernel and failing set-up cells, found in the executed notebook."""
     limits = CellTimeouts(options.timeout, options.setup_timeout)
-    problems: dict[str, list[str]] = {Status.TIMEOUT: [], Status.KERNEL_DIED: [], Status.ERROR: []}
-    not_run = 0
+    notes: list[tuple[str, str]] = []
+    died = not_run = 0
     # Read-only cells before the first answer only set up (imports, data): if one of them fails,
     # the grading environment is at fault, not the student.
     first_answer = next((i for i, c in enumerate(graded.cells) if cell_kind(c) == "answer"), len(graded.cells))
@@ -219,19 +222,19 @@ def _execution_problems(graded: nbformat.NotebookNode, options: GradingOptions) 
         for output in cell.outputs:
             if output.output_type != "error":
                 continue
+            where = describe_cell(index, cell)
             if output.ename == TIMEOUT_ERROR:
-                problems[Status.TIMEOUT].append(
-                    f"{describe_cell(index, cell)} ran past its {limits(cell)} s time limit and was interrupted")
+                notes.append((Status.TIMEOUT, f"{where} ran past its {limits(cell)} s time limit and was interrupted"))
             elif output.ename == KERNEL_DIED_ERROR:
-                problems[Status.KERNEL_DIED].append(f"the kernel died while running {describe_cell(index, cell)}")
+                died += 1
+                notes.append((Status.KERNEL_DIED, f"the kernel died while running {where}"))
             elif output.ename == NOT_RUN_ERROR:
                 not_run += 1
             elif cell_kind(cell) == "readonly" and index < first_answer:
-                problems[Status.ERROR].append(
-                    f"read-only {describe_cell(index, cell)} raised {output.ename}: {output.evalue} "
-                    "(check the grading environment)")
+                notes.append((Status.ERROR, f"read-only {where} raised {output.ename}: {output.evalue} "
+                                            "(check the grading environment)"))
     if not_run:
-        if not problems[Status.KERNEL_DIED]:
-            problems[Status.KERNEL_DIED].append("the kernel died before running the first cell")
-        problems[Status.KERNEL_DIED].append(f"{not_run} later cells were not run")
-    return problems
+        if not died:
+            notes.append((Status.KERNEL_DIED, "the kernel died before running the first cell"))
+        notes.append((Status.KERNEL_DIED, f"{not_run} later cells were not run"))
+    return notes

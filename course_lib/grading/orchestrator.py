@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +188,11 @@ def _copy_into_course(course_dir: Path, task: SubmissionTask) -> SubmissionTask:
     return task
 
 
+def local_pool(workers: int) -> Executor:
+    """Worker processes on this machine; "spawn" gives each a clean interpreter on every platform."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def grade_folder(
     submissions_dir: Path,
     sources: dict[str, Assignment],
@@ -197,14 +202,33 @@ def grade_folder(
     regrade: bool = False,
     progress: bool = True,
     only: list[str] | None = None,
+    make_executor: Callable[[int], Executor] = local_pool,
 ) -> GradingRun:
-    """Grade every submission under ``submissions_dir`` whose assignment has a source in ``sources``."""
+    """Grade every submission under ``submissions_dir`` whose assignment has a source in ``sources``.
+
+    ``make_executor(workers)`` returns any `concurrent.futures.Executor` that can run
+    `grade_in_worker` (a cluster's executor, e.g. Dask's ``client.get_executor()``, where the
+    submission and source paths are visible to its workers).
+    """
     from tqdm.auto import tqdm
 
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     course_dir = Path(course_dir)
     run = GradingRun()
+    pending = _plan(submissions_dir, sources, course_dir, options, regrade, only, run)
+    with tqdm(total=len(pending), desc="grading", unit="notebook", disable=not progress or not pending) as bar:
+        for task, record in _fan_out(pending, sources, options, workers, make_executor):
+            store(course_dir, task, record)
+            run.graded.append(record)
+            bar.update(1)
+            bar.set_postfix(dict(sorted(run.counts().items())), refresh=True)
+    return run
+
+
+def _plan(submissions_dir: Path, sources: dict[str, Assignment], course_dir: Path, options: GradingOptions,
+          regrade: bool, only: list[str] | None, run: GradingRun) -> list[SubmissionTask]:
+    """Prepare the course folder; record what needs no kernel (skipped, missing); return the rest."""
     tasks = discover(submissions_dir, only)
     for task in tasks:
         if task.assignment not in sources:
@@ -212,7 +236,6 @@ def grade_folder(
                   f"(known: {', '.join(sorted(sources)) or 'none'})", file=sys.stderr)
     tasks = [t for t in tasks if t.assignment in sources]
     ensure_course(course_dir, sorted({sources[t.assignment] for t in tasks}, key=lambda a: a.name), options.setup_timeout)
-
     pending = []
     for task in tasks:
         _copy_into_course(course_dir, task)
@@ -225,38 +248,38 @@ def grade_folder(
             run.graded.append(record)
         else:
             pending.append(task)
+    return pending
 
-    with tqdm(total=len(pending), desc="grading", unit="notebook", disable=not progress or not pending) as bar:
-        def finished(task: SubmissionTask, record: GradeRecord) -> None:
-            store(course_dir, task, record)
-            run.graded.append(record)
-            bar.update(1)
-            bar.set_postfix(dict(sorted(run.counts().items())), refresh=True)
 
-        attempts = Counter()
-        while pending:
-            retry = []
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
-                futures = {
-                    pool.submit(grade_in_worker, task.assignment, str(sources[task.assignment].source_path),
-                                str(task.notebook_path), task.student, task.timestamp(), options): task
-                    for task in pending
-                }
-                for future in as_completed(futures):
-                    task = futures[future]
-                    try:
-                        record = future.result()
-                    except BrokenProcessPool:
-                        attempts[task] += 1
-                        if attempts[task] <= POOL_RETRIES:
-                            retry.append(task)
-                            continue
-                        record = _record_without_kernel(task, sources[task.assignment], Status.ERROR,
-                                                        "the grading process died (out of memory?); rerun to grade again")
-                    except Exception as error:  # a bug in the grader: keep going, say so
-                        message = f"the grader crashed: {type(error).__name__}: {error}".splitlines()[0]
-                        record = _record_without_kernel(task, sources[task.assignment], Status.ERROR, message)
-                    finished(task, record)
-            pending = retry
-    return run
+def _fan_out(pending: list[SubmissionTask], sources: dict[str, Assignment], options: GradingOptions, workers: int,
+             make_executor: Callable[[int], Executor]) -> Iterator[tuple[SubmissionTask, GradeRecord]]:
+    """Grade ``pending`` on the executor, yielding each record as soon as it is ready.
+
+    A worker process that dies takes the pool with it: its submissions go to a fresh pool once
+    more, then count as errors. Any other failure of the grader becomes an error record.
+    """
+    attempts: Counter = Counter()
+    while pending:
+        retry = []
+        with make_executor(min(workers, len(pending))) as pool:
+            futures = {
+                pool.submit(grade_in_worker, task.assignment, str(sources[task.assignment].source_path),
+                            str(task.notebook_path), task.student, task.timestamp(), options): task
+                for task in pending
+            }
+            for future in as_completed(futures):
+                task = futures[future]
+                try:
+                    record = future.result()
+                except BrokenProcessPool:
+                    attempts[task] += 1
+                    if attempts[task] <= POOL_RETRIES:
+                        retry.append(task)
+                        continue
+                    record = _record_without_kernel(task, sources[task.assignment], Status.ERROR,
+                                                    "the grading process died (out of memory?); rerun to grade again")
+                except Exception as error:  # a bug in the grader: keep going, say so
+                    message = f"the grader crashed: {type(error).__name__}: {error}".splitlines()[0]
+                    record = _record_without_kernel(task, sources[task.assignment], Status.ERROR, message)
+                yield task, record
+        pending = retry

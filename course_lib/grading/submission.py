@@ -98,6 +98,9 @@ def restore_cells(submitted: nbformat.NotebookNode, release: nbformat.NotebookNo
         if len(indices) > 1:
             problems.append(f"cell {gid} appears {len(indices)} times (the last one is graded)")
 
+    if not positions:  # nothing of the assignment in it: one note says more than a list of every cell
+        problems.append("the notebook holds none of the assignment's cells (a different notebook?); "
+                        "its cells were put back for grading, with empty answers")
     insert_after = _index_after_preamble(submitted, release)
     for released in release.cells:
         gid = grade_id(released)
@@ -111,7 +114,7 @@ def restore_cells(submitted: nbformat.NotebookNode, release: nbformat.NotebookNo
                 restored.source = MISSING_ANSWER_SOURCE
             submitted.cells.insert(insert_after + 1, restored)
             found = insert_after + 1
-            if released.cell_type == "code":
+            if released.cell_type == "code" and positions:
                 what = {"tests": "test cell", "answer": "answer cell", "readonly": "read-only cell"}.get(kind, "cell")
                 problems.append(f"{what} {gid} was deleted (restored for grading)")
         else:

@@ -1,0 +1,162 @@
+"""Speed of course_lib.detection's NMS, IoU and ROI pooling against torchvision, on the CPU.
+
+    python benchmarks/detection_ops.py            # all sizes (about a minute)
+    python benchmarks/detection_ops.py --quick    # fewer repetitions
+    python benchmarks/detection_ops.py --threads 1
+
+Prints milliseconds (median of several runs) and ratios (ours / torchvision: below 1 is
+faster). Every NMS variant is first checked to keep exactly torchvision's boxes. Two kinds of
+random boxes: "scattered" (centres uniform in an 800 x 800 image, sides 10-200 px, random
+scores) and "clustered" (a detector's raw output: many jittered boxes around 20 objects).
+The two loops below are the textbook ways to write NMS, kept here only as baselines.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torchvision
+
+from course_lib.detection import box_iou, nms, roi_pool
+
+IMAGE = 800.0
+IOU_THRESHOLD = 0.5
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def scattered_boxes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand(n, 2, generator=g) * IMAGE
+    size = 10 + torch.rand(n, 2, generator=g) * 190
+    return torch.cat((centre - size / 2, centre + size / 2), dim=1), torch.rand(n, generator=g)
+
+
+def clustered_boxes(n: int, seed: int, objects: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(objects, 2, generator=g) * 600 + 100
+    sizes = 30 + torch.rand(objects, 2, generator=g) * 150
+    which = torch.randint(objects, (n,), generator=g)
+    centre = centres[which] + torch.randn(n, 2, generator=g) * sizes[which] * 0.15
+    size = sizes[which] * (1 + 0.2 * torch.randn(n, 2, generator=g)).clamp(min=0.3)
+    return torch.cat((centre - size / 2, centre + size / 2), dim=1), torch.rand(n, generator=g)
+
+
+# --------------------------------------------------------------------------- baseline loops
+
+
+def nms_numpy_loop(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The Faster R-CNN walkthrough's loop, with its errata fixed (sort the scores; no +1)."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(i)
+        xx1 = np.maximum(x1[i], x1[order[1:]])
+        yy1 = np.maximum(y1[i], y1[order[1:]])
+        xx2 = np.minimum(x2[i], x2[order[1:]])
+        yy2 = np.minimum(y2[i], y2[order[1:]])
+        inter = np.maximum(0.0, xx2 - xx1) * np.maximum(0.0, yy2 - yy1)
+        overlap = inter / (areas[i] + areas[order[1:]] - inter)
+        order = order[np.where(overlap <= threshold)[0] + 1]
+    return np.array(keep, dtype=np.int64)
+
+
+def nms_torch_loop(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The d2l-style loop: keep the best remaining box, drop what overlaps it, repeat."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    keep = []
+    while order.numel() > 0:
+        best = order[0]
+        keep.append(best)
+        if order.numel() == 1:
+            break
+        overlap = torchvision.ops.box_iou(boxes[best][None], boxes[order[1:]])[0]
+        order = order[1:][overlap <= threshold]
+    return torch.stack(keep) if keep else torch.empty(0, dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def bench_nms(repeats: int) -> None:
+    print(f"\nNMS, IoU threshold {IOU_THRESHOLD} (ms; ratio = ours / torchvision)")
+    header = f"{'boxes':>14} {'n':>6} {'kept':>5} {'torchvision':>11} {'ours':>8} {'ratio':>6} " \
+             f"{'numpy loop':>10} {'torch loop':>10} {'ours vs loops':>14}"
+    print(header)
+    for name, make in (("scattered", scattered_boxes), ("clustered", clustered_boxes)):
+        for n in (2_000, 5_000, 12_000):
+            boxes, scores = make(n, seed=n)
+            expected = torchvision.ops.nms(boxes, scores, IOU_THRESHOLD)
+            assert torch.equal(nms(boxes, scores, IOU_THRESHOLD), expected)
+            assert np.array_equal(nms_numpy_loop(boxes.numpy(), scores.numpy(), IOU_THRESHOLD), expected.numpy())
+            assert torch.equal(nms_torch_loop(boxes, scores, IOU_THRESHOLD), expected)
+            theirs = median_ms(lambda: torchvision.ops.nms(boxes, scores, IOU_THRESHOLD), repeats)
+            ours = median_ms(lambda: nms(boxes, scores, IOU_THRESHOLD), repeats)
+            loop_repeats = max(1, repeats // 4)
+            numpy_loop = median_ms(lambda: nms_numpy_loop(boxes.numpy(), scores.numpy(), IOU_THRESHOLD), loop_repeats)
+            torch_loop = median_ms(lambda: nms_torch_loop(boxes, scores, IOU_THRESHOLD), loop_repeats)
+            print(f"{name:>14} {n:>6} {len(expected):>5} {theirs:>11.2f} {ours:>8.2f} {ours / theirs:>6.2f} "
+                  f"{numpy_loop:>10.1f} {torch_loop:>10.1f} {min(numpy_loop, torch_loop) / ours:>12.0f}x")
+
+
+def bench_box_iou(repeats: int) -> None:
+    print("\nbox_iou (ms)")
+    print(f"{'shape':>14} {'torchvision':>11} {'ours':>8} {'ratio':>6}")
+    for n, m in ((2_000, 2_000), (5_000, 5_000), (12_000, 2_000)):
+        a, _ = scattered_boxes(n, seed=1)
+        b, _ = scattered_boxes(m, seed=2)
+        torch.testing.assert_close(box_iou(a, b), torchvision.ops.box_iou(a, b))
+        theirs = median_ms(lambda: torchvision.ops.box_iou(a, b), repeats)
+        ours = median_ms(lambda: box_iou(a, b), repeats)
+        print(f"{f'{n} x {m}':>14} {theirs:>11.2f} {ours:>8.2f} {ours / theirs:>6.2f}")
+
+
+def bench_roi_pool(repeats: int) -> None:
+    print("\nroi_pool, Faster R-CNN lesson sizes: 128 ROIs, 7 x 7 bins, stride 16 (ms)")
+    print(f"{'features':>14} {'torchvision':>11} {'ours':>8} {'ratio':>6}")
+    g = torch.Generator().manual_seed(0)
+    for channels in (64, 512):
+        features = torch.randn(1, channels, 50, 50, generator=g)
+        corner = torch.rand(128, 2, generator=g) * 600
+        size = 16 + torch.rand(128, 2, generator=g) * 400
+        rois = torch.cat((torch.zeros(128, 1), corner, corner + size), dim=1)
+        assert torch.equal(roi_pool(features, rois, 7, 1 / 16), torchvision.ops.roi_pool(features, rois, 7, 1 / 16))
+        theirs = median_ms(lambda: torchvision.ops.roi_pool(features, rois, 7, 1 / 16), repeats)
+        ours = median_ms(lambda: roi_pool(features, rois, 7, 1 / 16), repeats)
+        print(f"{f'{channels} x 50 x 50':>14} {theirs:>11.2f} {ours:>8.2f} {ours / theirs:>6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 5 if args.quick else 15
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} CPU threads")
+    bench_nms(repeats)
+    bench_box_iou(repeats)
+    bench_roi_pool(repeats)
+
+
+if __name__ == "__main__":
+    main()
