@@ -12,6 +12,17 @@ from collections.abc import Sequence
 
 import torch
 
+# Bound when this module is imported (in a notebook's set-up cell, before any answer runs): an answer
+# that later replaces torch.allclose or Tensor methods does not change what these checks compute.
+_allclose = torch.allclose
+_isinstance = isinstance
+_type = type
+#: Plain values `check_equal` compares; anything else (a subclass, an object with its own __eq__) fails.
+_PLAIN_TYPES = (int, float, bool, str, bytes, type(None))
+_PLAIN_CONTAINERS = (tuple, list)
+#: Exact tensor types accepted where a tensor is expected (subclasses can override every operation).
+_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
 __all__ = [
     "CheckFailed",
     "check",
@@ -59,11 +70,33 @@ def check_shape(question: str, tensor, expected: Sequence[int], what: str = "out
         _fail(question, f"{what} {want} expected, got {got}", hint)
 
 
+def _is_plain(value) -> bool:
+    """True for exact built-in values (and tuples/lists of them), whose == cannot be faked."""
+    if _type(value) in _PLAIN_CONTAINERS:
+        return all(_is_plain(item) for item in value)
+    if _type(value) is dict:
+        return all(_is_plain(key) and _is_plain(item) for key, item in value.items())
+    return _type(value) in _PLAIN_TYPES
+
+
+def _describe(value) -> str:
+    try:
+        return repr(value) if _is_plain(value) else f"an object of type {_type(value).__name__}"
+    except RecursionError:
+        return "a nested object"
+
+
 def check_equal(question: str, got, expected, what: str = "value", hint: str | None = None) -> None:
-    """Fail unless ``got == expected`` (plain Python values: ints, strings, tuples)."""
-    if type(got) is not type(expected) and not (isinstance(got, int) and isinstance(expected, int)):
-        _fail(question, f"{what} {expected!r} expected, got {got!r} (a {type(got).__name__})", hint)
-    if got != expected:
+    """Fail unless ``got == expected`` (plain Python values: ints, strings, tuples, dicts of them).
+
+    ``got`` must be a plain built-in value of the same type as ``expected`` (an ``int`` for an
+    ``int``): an object that claims to equal everything does not pass.
+    """
+    integers = (int, bool)
+    same_type = _type(got) is _type(expected) or (_type(got) in integers and _type(expected) in integers)
+    if not same_type or not _is_plain(got):
+        _fail(question, f"{what} {expected!r} expected, got {_describe(got)} (a {_type(got).__name__})", hint)
+    if got != expected:  # both are plain built-in values now: this is the built-in comparison
         _fail(question, f"{what} {expected!r} expected, got {got!r}", hint)
 
 
@@ -72,11 +105,13 @@ def check_close(question: str, got, expected, what: str = "values", atol: float 
     """Fail unless tensor ``got`` has ``expected``'s shape and values (within tolerances)."""
     expected = torch.as_tensor(expected)
     check_type(question, got, torch.Tensor, what=what, hint=hint)
+    if _type(got) not in _TENSOR_TYPES:  # a subclass can override every operation
+        _fail(question, f"{what}: a plain torch.Tensor expected, got a {_type(got).__name__}", hint)
     if tuple(got.shape) != tuple(expected.shape):
         _fail(question, f"{what}: shape {tuple(expected.shape)} expected, got {tuple(got.shape)}", hint)
     got_cpu = got.detach().to("cpu", torch.float64)
     exp_cpu = expected.detach().to("cpu", torch.float64)
-    if not torch.allclose(got_cpu, exp_cpu, atol=atol, rtol=rtol, equal_nan=False):
+    if not _allclose(got_cpu, exp_cpu, atol=atol, rtol=rtol, equal_nan=False):
         diff = (got_cpu - exp_cpu).abs()
         worst = int(torch.nan_to_num(diff, nan=float("inf")).argmax())
         _fail(

@@ -193,10 +193,20 @@ def test_decode_clamps_the_log_scale():
     torch.testing.assert_close(width, torch.tensor(1000.0))
 
 
-def test_encode_has_gradients():
+def test_decode_has_gradients_and_encode_is_finite():
     gt = random_boxes(4, 11) + torch.tensor([0.0, 0.0, 1.0, 1.0])
     anchors = (random_boxes(4, 12) + torch.tensor([0.0, 0.0, 1.0, 1.0])).requires_grad_()
     deltas = torch.zeros(4, 4, requires_grad=True)
     decode_boxes(deltas, anchors).sum().backward()
     assert deltas.grad is not None and anchors.grad is not None
     assert torch.isfinite(encode_boxes(gt, anchors)).all()
+
+
+def test_box_iou_gradients_equal_torchvision():
+    a = random_boxes(30, 21, torch.float64).requires_grad_()
+    b = random_boxes(20, 22, torch.float64).requires_grad_()
+    weights = torch.rand(30, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = torch.autograd.grad((box_iou(a, b) * weights).sum(), (a, b))
+    theirs = torch.autograd.grad((torchvision.ops.box_iou(a, b) * weights).sum(), (a, b))
+    for got, expected in zip(ours, theirs):
+        torch.testing.assert_close(got, expected)

@@ -81,6 +81,19 @@ def test_large_inputs_equal_torchvision(make, threshold):
     assert_same_as_torchvision(boxes, scores, threshold, classes)
 
 
+def test_large_batched_with_ties_keeps_torchvisions_set_in_stable_order():
+    # Above 1,000 boxes torchvision's batched_nms sorts its result with an unstable sort, so
+    # equal scores come in no particular order; the kept set is the same, ours is by index.
+    boxes, scores = clustered_boxes(3000, 5)
+    scores = (scores * 3).floor()
+    classes = torch.randint(5, (3000,), generator=torch.Generator().manual_seed(5))
+    got = batched_nms(boxes, scores, classes, 0.5)
+    expected = torchvision.ops.batched_nms(boxes, scores, classes, 0.5)
+    assert torch.equal(got.sort().values, expected.sort().values)
+    order_key = -4000 * scores[got].double() + got.double()  # (decreasing score, then index)
+    assert torch.all(order_key[1:] > order_key[:-1])
+
+
 @pytest.mark.parametrize("mode", ["blocks only", "sweep only", "tiny tiles"])
 def test_both_phases_and_tiling_equal_torchvision(monkeypatch, mode):
     if mode == "blocks only":  # phase 1 never hands over
@@ -184,6 +197,8 @@ def test_nms_bad_input():
         nms(boxes, scores.to("meta"), 0.5)
     with pytest.raises(ValueError, match="x1 <= x2"):
         nms(boxes[:, [2, 1, 0, 3]], scores, 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        nms(torch.cat((boxes[:4], torch.tensor([[0.0, 0.0, float("nan"), 1.0]]))), scores, 0.5)
     with pytest.raises(TypeError, match="classes must be an integer"):
         batched_nms(boxes, scores, torch.zeros(5), 0.5)
     with pytest.raises(ValueError, match=r"classes must have shape \(5,\)"):

@@ -104,7 +104,7 @@ def test_multi_scale_head_has_the_lessons_189_anchors():
 def test_image_size_must_fit_the_grids():
     with pytest.raises(ValueError, match="grids"):
         SSD(SSDConfig(image_size=128))
-    model = SSD(SSDConfig(image_size=128, stage_channels=(16, 32, 64, 64))).eval()
+    model = SSD(SSDConfig(image_size=128, stage_channels=(16, 32, 64, 64), stage_depths=(1, 1, 2, 2))).eval()
     assert model(torch.rand(1, 3, 128, 128))[0].shape == (1, 189, 4)
     with pytest.raises(ValueError, match="images must be"):
         model(torch.rand(1, 3, 64, 64))

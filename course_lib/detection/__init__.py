@@ -34,6 +34,7 @@ from .matching import (
 )
 from .nms import batched_nms, nms
 from .roi import roi_pool, rois_from_boxes
+from .ssd import SSD, SSDConfig, load_shapes_ssd, ssd_loss
 
 __all__ = [
     # boxes
@@ -49,4 +50,6 @@ __all__ = [
     "focal_loss", "smooth_l1_loss",
     # roi
     "roi_pool", "rois_from_boxes",
+    # ssd (lesson 4)
+    "SSD", "SSDConfig", "ssd_loss", "load_shapes_ssd",
 ]

@@ -71,7 +71,8 @@ def match_anchors(gt_boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5,
        ``low_threshold`` only IoU < low_threshold is background, and IoU in
        [low_threshold, iou_threshold) becomes `BETWEEN_THRESHOLDS` (-2, ignored);
     2. then each ground truth's best anchor is matched to it whatever its IoU, so that every
-       object has at least one anchor (SSD's rule; see `_best_anchor_of_each_gt` for ties).
+       object gets an anchor (SSD's rule) unless two objects share a best anchor: it goes to
+       the one it overlaps most (see `_best_anchor_of_each_gt`, also for ties).
 
     gt_boxes: (G, 4) xyxy, anchors: (A, 4) xyxy  ->  (A,) int64 in {-2, -1, 0, ..., G-1}.
     """

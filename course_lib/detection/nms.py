@@ -6,22 +6,23 @@ one pass over the remaining boxes per kept box. Here the same greedy result come
 vectorised steps, in two phases that suit the two kinds of inputs NMS sees:
 
 1. Dense overlaps (a detector's raw output: dozens of boxes on each object). The best
-   ``BLOCK`` remaining boxes are settled among themselves, then the boxes they keep remove,
-   in one comparison, every remaining box they overlap. A few blocks usually leave little.
-2. Sparse overlaps (once a block keeps most of its boxes). `_overlapping_pairs` finds, once,
-   every pair of remaining boxes with IoU > threshold: two boxes can only overlap that much
-   if they overlap a lot horizontally, so after sorting boxes by their left edge each box is
-   compared only with a short window of the boxes after it (dense tiles of bounded size; most
-   of the N x N pairs are never looked at).
+   `BLOCK` remaining boxes are settled among themselves, then the boxes they keep remove
+   every remaining box they overlap. A few blocks usually leave little to do.
+2. Sparse overlaps (once a block predicts it would remove little). `_overlapping_pairs`
+   finds, once, every pair of remaining boxes with IoU > threshold. Two boxes only overlap
+   that much when their centres are close compared with their sizes, so each box is compared
+   with a short window of neighbours (same or next horizontal band, close left edges) and
+   most of the N x N pairs are never looked at.
 
-Both phases settle a set of boxes with `_greedy_keep`, which resolves the greedy order on a
-"would suppress" relation in rounds: a box whose better overlapping boxes have all been
-removed is kept; a box overlapped by a kept box is removed. Each round settles at least the
-best undecided box; in practice the rounds number the longest chain "a removes b, which
-would have removed c" (a handful).
+Both phases settle boxes with `_greedy_keep`, which resolves the greedy order on the "would
+suppress" relation in rounds: a box whose better overlapping boxes have all been removed is
+kept; a box overlapped by a kept box is removed. Each round settles at least the best
+undecided box; in practice the rounds number the longest chain "a removes b, which would
+have removed c" (a handful).
 
 The kept indices and their order (decreasing score, equal scores by index) are those of
-``torchvision.ops.nms`` and ``batched_nms``.
+``torchvision.ops.nms`` and ``batched_nms``; the IoU is computed with the same operations in
+the same order, so even borderline pairs are decided alike.
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def _check_inputs(boxes, scores, iou_threshold) -> float:
     _check_same_device(boxes=boxes, scores=scores)
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)) or not iou_threshold >= 0:
         raise ValueError(f"iou_threshold must be a number >= 0, got {iou_threshold!r}")
+    if boxes.numel() and not bool(torch.isfinite(boxes).all()):
+        raise ValueError("boxes must be finite (no NaN or inf coordinates)")
     _check_corners(boxes)
     return float(iou_threshold)
 
@@ -76,7 +79,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: f
     each other.
 
     boxes: (N, 4) xyxy, scores: (N,), classes: (N,) int  ->  (K,) int64 indices of the kept
-    boxes, by decreasing score.
+    boxes, by decreasing score, equal scores by index (torchvision's ``batched_nms`` keeps the
+    same boxes; above 1,000 boxes it lists equal scores in no particular order).
     """
     iou_threshold = _check_inputs(boxes, scores, iou_threshold)
     _check_tensor(classes, "classes")
@@ -97,13 +101,15 @@ def _nms(boxes: Tensor, scores: Tensor, classes: Tensor | None, iou_threshold: f
 
     # Greedy order: decreasing score; equal scores keep their index order (stable sort).
     by_score = torch.sort(scores, descending=True, stable=True).indices
-    boxes = boxes[by_score]  # from here on a box is named by its greedy rank
-    classes = None if classes is None else classes[by_score]
+    # (index_select rather than boxes[by_score]: the latter starts threads even for small inputs)
+    boxes = boxes.index_select(0, by_score)  # from here on a box is named by its greedy rank
+    classes = None if classes is None else classes.index_select(0, by_score)
     kept = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
 
     remaining = _settle_dense_blocks(boxes, classes, threshold, kept)  # phase 1
     if remaining.numel() > 0:  # phase 2
-        first, second = _overlapping_pairs(boxes[remaining], None if classes is None else classes[remaining],
+        first, second = _overlapping_pairs(boxes.index_select(0, remaining),
+                                           None if classes is None else classes.index_select(0, remaining),
                                            iou_threshold, threshold)
         # `remaining` is in greedy order: the smaller index of a pair comes first.
         keep = _greedy_keep(len(remaining), torch.minimum(first, second), torch.maximum(first, second))
@@ -120,9 +126,12 @@ def _settle_dense_blocks(boxes: Tensor, classes: Tensor | None, threshold: Tenso
     remaining = torch.arange(len(boxes), device=boxes.device)
     while remaining.numel() > 0:
         block, rest = remaining[:BLOCK], remaining[BLOCK:]
-        overlaps = _same_class(_iou_exceeds(boxes[block], boxes[block], threshold), classes, block, block)
-        earlier, later = overlaps.triu_(diagonal=1).nonzero().unbind(1)
-        winners = block[_greedy_keep(len(block), earlier, later)]
+        block_boxes = boxes.index_select(0, block)
+        overlaps = _same_class(_iou_exceeds(block_boxes, block_boxes, threshold), classes, block, block)
+        upper = _column_after_row(len(block), 0, len(block), 0, boxes.device)
+        earlier, later = (overlaps & upper).nonzero().unbind(1)
+        block_keep = _greedy_keep(len(block), earlier, later)
+        winners, winner_boxes = block[block_keep], block_boxes[block_keep]
         # The block is a sample of the rest: each of its boxes overlaps 2 * pairs / len(block)
         # of it, so the winners should remove about winners * that / len(block) of the rest.
         expected_removal = len(winners) * 2 * len(earlier) / len(block) ** 2
@@ -133,10 +142,21 @@ def _settle_dense_blocks(boxes: Tensor, classes: Tensor | None, threshold: Tenso
         step = max(1, TILE_PAIRS // max(1, len(winners)))
         for lo in range(0, len(rest), step):  # the winners remove what they overlap, a tile at a time
             chunk = rest[lo:lo + step]
-            overlaps = _same_class(_iou_exceeds(boxes[winners], boxes[chunk], threshold), classes, winners, chunk)
+            overlaps = _iou_exceeds(winner_boxes, boxes.index_select(0, chunk), threshold)
+            overlaps = _same_class(overlaps, classes, winners, chunk)
             removed[lo:lo + step] = overlaps.any(dim=0)
         remaining = rest[~removed]
     return remaining
+
+
+def _column_after_row(num_rows: int, first_row: int, num_cols: int, first_col: int,
+                      device: torch.device | None = None) -> Tensor:
+    """(num_rows, num_cols) bool: column index > row index, for a tile starting at
+    (first_row, first_col). (A comparison rather than ``triu``, which runs threads even on
+    small tiles.)"""
+    rows = torch.arange(first_row, first_row + num_rows, device=device)
+    cols = torch.arange(first_col, first_col + num_cols, device=device)
+    return cols[None, :] > rows[:, None]
 
 
 def _same_class(overlaps: Tensor, classes: Tensor | None, rows: Tensor, cols: Tensor) -> Tensor:
@@ -181,8 +201,8 @@ def _overlapping_pairs(boxes: Tensor, classes: Tensor | None, iou_threshold: flo
     IoU > t needs the boxes to overlap by more than t times the width (height) of each, so
     their centres are less than (1 - t) x the larger width (height) apart. Hence:
 
-    - bands: cut the image into horizontal bands of height (1 - t) x the tallest box; two
-      boxes that overlap enough are in the same band or in neighbouring bands;
+    - bands: cut the image into horizontal bands at least (1 - t) x the tallest box high;
+      two boxes that overlap enough are in the same band or in neighbouring bands;
     - windows: sort each band by left edge; box p can only overlap enough with boxes whose
       left edge lies in a window: after p's and before ``x2 - t * w`` in its own band; in the
       next band after ``x1 - (1 - t) * widest`` and before ``x2 - t * w``.
@@ -198,10 +218,12 @@ def _overlapping_pairs(boxes: Tensor, classes: Tensor | None, iou_threshold: flo
     x1, y1, x2, y2 = boxes.double().unbind(1)
     width, height = x2 - x1, y2 - y1
     t = iou_threshold * (1 - WINDOW_SLACK)  # looser than the exact test: never misses a pair
-    band_height = (1 - t) * float(height.max()) if num_boxes > 1 else 0.0
-    if iou_threshold >= 1 or band_height <= 0:
+    if num_boxes < 2 or iou_threshold >= 1 or float(height.max()) <= 0:
         return empty, empty  # IoU never exceeds 1; flat boxes have IoU 0
-    band = torch.floor(((y1 + y2) / 2 - float(y1.min())) / band_height).long()
+    centre_y = (y1 + y2) / 2 - float(y1.min())
+    # Bands at least (1 - t) x the tallest box, and not so thin that tiles would be tiny.
+    band_height = max((1 - t) * float(height.max()), float(centre_y.max()) * TILE_ROWS / num_boxes)
+    band = torch.floor(centre_y / band_height).long()
     num_bands = int(band.max()) + 2  # one empty band more, so "the next band" never leaves a class
     group = band if classes is None else torch.unique(classes, return_inverse=True)[1] * num_bands + band
     reach = x2 - t * width  # partners start left of this ...
@@ -211,13 +233,15 @@ def _overlapping_pairs(boxes: Tensor, classes: Tensor | None, iou_threshold: flo
     _, rank = torch.unique(torch.cat((x1, reach, back)), return_inverse=True)
     left_key, reach_key, back_key = (rank.view(3, -1) + group * (3 * num_boxes)).unbind(0)
     order = torch.argsort(left_key, stable=True)
-    sorted_key = left_key[order]
-    same_end = torch.searchsorted(sorted_key, reach_key[order]).tolist()
-    next_start = torch.searchsorted(sorted_key, back_key[order] + 3 * num_boxes, right=True).tolist()
-    next_end = torch.searchsorted(sorted_key, reach_key[order] + 3 * num_boxes).tolist()
-    group_end = torch.searchsorted(sorted_key, sorted_key - sorted_key % (3 * num_boxes) + 3 * num_boxes).tolist()
+    sorted_key, reach_key, back_key = left_key[order], reach_key[order], back_key[order]
+    next_group = 3 * num_boxes  # add to a key: the same coordinate in the next group
+    # Positions in sorted_key (keys are integers: "<= k" is "< k + 1"): where each box's window
+    # ends in its band, starts and ends in the next band, and where its group ends.
+    queries = torch.cat((reach_key, back_key + next_group + 1, reach_key + next_group,
+                         sorted_key - sorted_key % next_group + next_group))
+    same_end, next_start, next_end, group_end = torch.searchsorted(sorted_key, queries).view(4, -1).tolist()
 
-    ordered = boxes[order]
+    ordered = boxes.index_select(0, order)
     area = (ordered[:, 2] - ordered[:, 0]) * (ordered[:, 3] - ordered[:, 1])
     firsts, seconds = [], []
     start = 0
@@ -230,8 +254,8 @@ def _overlapping_pairs(boxes: Tensor, classes: Tensor | None, iou_threshold: flo
             for tile_lo in range(lo, hi, TILE_COLS):
                 cols = slice(tile_lo, min(tile_lo + TILE_COLS, hi))
                 overlaps = _iou_exceeds(ordered[rows], ordered[cols], threshold, area[rows], area[cols])
-                if same_band and tile_lo <= stop:  # a pair once: the column after the row
-                    overlaps &= torch.ones_like(overlaps).triu_(start + 1 - tile_lo)
+                if same_band and tile_lo < stop:  # a pair once: the column after the row
+                    overlaps &= _column_after_row(stop - start, start, cols.stop - tile_lo, tile_lo, device)
                 row, col = overlaps.nonzero().unbind(1)
                 firsts.append(row + start)
                 seconds.append(col + tile_lo)

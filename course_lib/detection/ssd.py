@@ -74,7 +74,7 @@ MATCH_IOU_THRESHOLD = 0.5
 #: Initial probability of every class at every anchor: almost all anchors are background, so the
 #: head starts by saying so (RetinaNet's prior, bias log(p / (1 - p)) ~ -4.6; the lesson used -3 and -4).
 PRIOR_PROBABILITY = 0.01
-#: With no localization signal a smooth-L1 beta of 1/9 (torchvision's SSD/Faster R-CNN value).
+#: Where smooth L1 turns from quadratic to linear: 1/9, as in Faster R-CNN's region proposal loss.
 SMOOTH_L1_BETA = 1.0 / 9.0
 BOX_CODINGS = ("tanh", "deltas")
 CLASSIFICATION_LOSSES = ("bce", "focal")
@@ -123,12 +123,20 @@ class OutConv(nn.Module):
         return flatten_conv(self.classes(x), self.k), flatten_conv(self.boxes(x), self.k)
 
 
-def small_backbone(stem_channels: int, stage_channels: Sequence[int]) -> nn.Sequential:
-    """A plain CNN: a stride-1 stem, then per stage a stride-2 and a stride-1 StdConv (halves H and W)."""
-    layers: list[nn.Module] = [StdConv(3, stem_channels, stride=1)]
-    previous = stem_channels
-    for channels in stage_channels:
-        layers += [StdConv(previous, channels, stride=2), StdConv(channels, channels, stride=1)]
+def small_backbone(stage_channels: Sequence[int], stage_depths: Sequence[int]) -> nn.Sequential:
+    """A plain CNN: each stage halves H and W with a stride-2 StdConv, then adds stride-1 ones.
+
+    ``stage_depths[i]`` convolutions in stage ``i`` (the first with stride 2). Cheap by design: the
+    first stage, at the highest resolution, has a single convolution.
+    """
+    if len(stage_channels) != len(stage_depths) or min(stage_depths, default=1) < 1:
+        raise ValueError(f"stage_channels and stage_depths must have one entry per stage and depths >= 1, "
+                         f"got {tuple(stage_channels)} and {tuple(stage_depths)}")
+    layers: list[nn.Module] = []
+    previous = 3
+    for channels, depth in zip(stage_channels, stage_depths):
+        layers.append(StdConv(previous, channels, stride=2))
+        layers += [StdConv(channels, channels, stride=1) for _ in range(depth - 1)]
         previous = channels
     return nn.Sequential(*layers)
 
@@ -137,8 +145,8 @@ def small_backbone(stem_channels: int, stage_channels: Sequence[int]) -> nn.Sequ
 class SSDConfig:
     """Everything that defines an SSD's shape; saved with its weights.
 
-    The backbone halves the image ``len(stage_channels)`` times; the head then halves once more for
-    each grid, so ``image_size / 2**len(stage_channels) == 2 * grids[0]`` (64 px, 3 stages -> 8x8 -> 4x4).
+    The backbone halves the image once per stage; the head then halves once more for each grid, so
+    ``image_size / 2**len(stage_channels) == 2 * grids[0]`` (64 px, 3 stages -> 8x8 features -> 4x4 grid).
     """
 
     num_classes: int = 4  # including the background (label 0)
@@ -146,9 +154,9 @@ class SSDConfig:
     grids: tuple[int, ...] = SSD_GRID_SIZES
     zooms: tuple[float, ...] = SSD_ZOOMS
     ratios: tuple[tuple[float, float], ...] = SSD_RATIOS  # (width, height) factors
-    stem_channels: int = 16
-    stage_channels: tuple[int, ...] = (32, 64, 128)
-    head_channels: int = 128
+    stage_channels: tuple[int, ...] = (24, 48, 96)
+    stage_depths: tuple[int, ...] = (1, 2, 2)
+    head_channels: int = 96
     dropout: float = 0.0
     box_coding: str = "deltas"
     class_names: tuple[str, ...] = field(default=())
@@ -174,7 +182,7 @@ class SSDConfig:
     def from_dict(cls, values: dict) -> SSDConfig:
         values = dict(values)
         values["ratios"] = tuple(tuple(r) for r in values.get("ratios", cls.ratios))
-        for key in ("grids", "zooms", "stage_channels", "class_names"):
+        for key in ("grids", "zooms", "stage_channels", "stage_depths", "class_names"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -197,8 +205,8 @@ class SSD(nn.Module):
         super().__init__()
         self.config = config = config or SSDConfig()
         if backbone is None:
-            backbone = small_backbone(config.stem_channels, config.stage_channels)
-            backbone_channels = config.stage_channels[-1] if config.stage_channels else config.stem_channels
+            backbone = small_backbone(config.stage_channels, config.stage_depths)
+            backbone_channels = config.stage_channels[-1]
         elif backbone_channels is None:
             raise ValueError("backbone_channels (the channels of the custom backbone's output) is required")
         self.backbone = backbone

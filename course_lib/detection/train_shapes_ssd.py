@@ -53,7 +53,7 @@ class ShapesRecipe:
 
 
 #: The small configuration of quick runs (tests, ``COURSE_QUICK=1``): same code, far fewer steps.
-QUICK_RECIPE = ShapesRecipe(train_images=256, val_images=100, steps=40, batch_size=32)
+QUICK_RECIPE = ShapesRecipe(train_images=256, val_images=100, steps=20, batch_size=32)
 
 
 def shapes_tensors(split: str, num_images: int, image_size: int, seed: int = 0):

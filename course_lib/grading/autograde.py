@@ -21,9 +21,13 @@ from pathlib import Path
 import nbformat
 
 from .coursedir import Assignment, NbgraderError, db_url, generate_assignment, run_converter
-from .preprocessors import KERNEL_DIED_ERROR, NOT_RUN_ERROR, TIMEOUT_ERROR, CellTimeouts
+from .preprocessors import KERNEL_DIED_ERROR, KILLED_ERROR, NOT_RUN_ERROR, TIMEOUT_ERROR, CellTimeouts
 from .record import GradeRecord, Status
-from .submission import UnreadableSubmission, cell_kind, grade_id, read_submission, restore_cells
+from .sandbox import (DEFAULT_CPU_SECONDS, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB,
+                      DEFAULT_SANDBOX, SANDBOX_MODES, SandboxUnavailable, check_sandbox)
+from .audit import audit_cells
+from .submission import (UnreadableSubmission, cell_kind, grade_id, match_stripped_cells, read_submission,
+                         restore_cells)
 
 #: Student id used inside the temporary course folder (the real id only goes into the record).
 SCRATCH_STUDENT = "student"
@@ -33,16 +37,29 @@ LOG_TAIL_LINES = 200
 
 @dataclass(frozen=True)
 class GradingOptions:
-    """Time limits (seconds) of one cell: read-only set-up cells, and all the others."""
+    """How a student's kernel runs.
+
+    Time limits (seconds) of one cell: read-only set-up cells, and all the others; the sandbox mode
+    (`sandbox.SANDBOX_MODES`) and the kernel's resource limits; output kept per cell (KiB).
+    """
 
     timeout: int = 120
     setup_timeout: int = 300
+    sandbox: str = DEFAULT_SANDBOX
+    memory_mb: int = DEFAULT_MEMORY_MB
+    cpu_seconds: int = DEFAULT_CPU_SECONDS
+    max_processes: int = DEFAULT_MAX_PROCESSES
+    max_file_mb: int = DEFAULT_MAX_FILE_MB
+    max_output_kb: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("timeout", "setup_timeout"):
+        for name in ("timeout", "setup_timeout", "memory_mb", "cpu_seconds", "max_processes", "max_file_mb",
+                     "max_output_kb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.sandbox not in SANDBOX_MODES:
+            raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
 
 
 def questions(source: nbformat.NotebookNode) -> dict[str, float]:
@@ -102,6 +119,10 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
     except UnreadableSubmission as error:
         return [(Status.FAILED, str(error))]
     try:
+        check_sandbox(options.sandbox)
+    except SandboxUnavailable as error:
+        return [(Status.ERROR, str(error))]
+    try:
         template = _assignment_template(record.assignment, source_notebook)
     except NbgraderError as error:
         return [(Status.ERROR, f"nbgrader could not read the assignment source: {error}")]
@@ -111,7 +132,13 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
         root = Path(scratch)
         shutil.copytree(template, root, dirs_exist_ok=True)
         release = nbformat.read(root / "release" / assignment / f"{assignment}.ipynb", as_version=4)
-        notes = [(Status.TAMPERED, problem) for problem in restore_cells(submitted, release, source).problems]
+        notes = []
+        matched = match_stripped_cells(submitted, release)
+        if matched:
+            notes.append((Status.METADATA_MISSING, f"the grading metadata of {matched} cells was missing: "
+                                                   "they were matched by content and graded"))
+        notes += [(Status.TAMPERED, problem) for problem in restore_cells(submitted, release, source).problems]
+        audit = audit_cells(submitted)
 
         submitted_path = root / "submitted" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
         submitted_path.parent.mkdir(parents=True)
@@ -125,6 +152,12 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
         record.graded_notebook = graded_path.read_text(encoding="utf-8")
         record.log = "\n".join(log[-LOG_TAIL_LINES:])
         record.scores, manual = _scores_from_gradebook(root, assignment, record.max_scores)
+
+    zeroed = audit.zeroed_questions
+    for gid in record.scores:
+        if zeroed is None or gid in zeroed:
+            record.scores[gid] = 0.0
+    notes += [(Status.TAMPERED if f.patches else Status.DELEGATED, f.message) for f in audit.findings]
 
     notes += _execution_problems(nbformat.reads(record.graded_notebook, as_version=4), options)
     if manual:
@@ -178,6 +211,12 @@ def _autograde(root: Path, assignment: str, options: GradingOptions) -> list[str
         ],
         "GuardedExecute.timeout": options.timeout,
         "GuardedExecute.setup_timeout": options.setup_timeout,
+        "GuardedExecute.max_output_kb": options.max_output_kb,
+        "SandboxedKernelManager.sandbox": options.sandbox,
+        "SandboxedKernelManager.memory_mb": options.memory_mb,
+        "SandboxedKernelManager.cpu_seconds": options.cpu_seconds,
+        "SandboxedKernelManager.max_processes": options.max_processes,
+        "SandboxedKernelManager.max_file_mb": options.max_file_mb,
         "OverwriteCells.add_missing_cells": True,
     }
     return run_converter(Autograde, root, assignment, SCRATCH_STUDENT, name="autograde", **settings)
@@ -227,7 +266,14 @@ def _execution_problems(graded: nbformat.NotebookNode, options: GradingOptions) 
                 notes.append((Status.TIMEOUT, f"{where} ran past its {limits(cell)} s time limit and was interrupted"))
             elif output.ename == KERNEL_DIED_ERROR:
                 died += 1
-                notes.append((Status.KERNEL_DIED, f"the kernel died while running {where}"))
+                notes.append((Status.KERNEL_DIED, f"the kernel died while running {where}"
+                              + (f": {output.evalue.split(': ', 1)[1]}" if ": " in output.evalue else "")))
+            elif output.ename == KILLED_ERROR:
+                died += 1
+                notes.append((Status.KILLED, f"the kernel was stopped while running {where}: "
+                              f"{output.evalue.split(': ', 1)[-1]}"))
+            elif output.ename == "MemoryError":
+                notes.append((Status.KILLED, f"{where} ran out of memory (limit {options.memory_mb} MiB)"))
             elif output.ename == NOT_RUN_ERROR:
                 not_run += 1
             elif cell_kind(cell) == "readonly" and index < first_answer:

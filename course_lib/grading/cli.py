@@ -84,9 +84,20 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     from .export import write_grades_csv
     from .orchestrator import grade_folder
 
+    from .sandbox import SandboxUnavailable, check_sandbox
+
     root = find_root()
     course_dir = _course_dir(args, root)
-    options = GradingOptions(timeout=args.timeout, setup_timeout=args.setup_timeout)
+    options = GradingOptions(timeout=args.timeout, setup_timeout=args.setup_timeout, sandbox=args.sandbox,
+                             memory_mb=args.memory_mb, cpu_seconds=args.cpu_seconds,
+                             max_processes=args.max_processes)
+    try:
+        note = check_sandbox(args.sandbox)
+    except SandboxUnavailable as error:
+        print(f"course grade: {error}", file=sys.stderr)
+        return 2
+    if note:
+        print(f"course grade: {note}", file=sys.stderr)
     solutions = Path(args.solutions).resolve() if args.solutions else root / "solutions"
     sources = {a.name: a for a in find_assignments(solutions)}
     with _jupyter_home(course_dir) as home, isolated_environment(Path(home), root):
@@ -137,6 +148,8 @@ def _add_course_dir(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .sandbox import DEFAULT_CPU_SECONDS, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB, DEFAULT_SANDBOX, SANDBOX_MODES
+
     parser = argparse.ArgumentParser(prog="course", description="Tools for the course 'From CNN blocks to object detectors'.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -165,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=120, metavar="S", help="time limit of each answer/test cell, seconds (default 120)")
     p.add_argument("--setup-timeout", type=int, default=300, metavar="S",
                    help="time limit of each read-only set-up cell, seconds (default 300)")
+    p.add_argument("--sandbox", choices=SANDBOX_MODES, default=DEFAULT_SANDBOX,
+                   help="required: run student kernels in bubblewrap with resource limits, refuse if it is missing "
+                        "(default); rlimits: resource limits only; off: no isolation (trusted notebooks only)")
+    p.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, metavar="MB",
+                   help=f"memory limit of a student kernel (default {DEFAULT_MEMORY_MB})")
+    p.add_argument("--cpu-seconds", type=int, default=DEFAULT_CPU_SECONDS, metavar="S",
+                   help=f"CPU time limit of a student kernel, all threads together (default {DEFAULT_CPU_SECONDS})")
+    p.add_argument("--max-processes", type=int, default=DEFAULT_MAX_PROCESSES, metavar="N",
+                   help=f"processes and threads a student kernel may run (default {DEFAULT_MAX_PROCESSES})")
     p.add_argument("--regrade", action="store_true", help="grade again submissions that were already graded")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_grade)

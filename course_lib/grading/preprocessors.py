@@ -4,6 +4,9 @@
   read-only set-up cells (``import torch`` under load takes a while) and a separate one for every
   other cell; when the kernel dies it marks the cell that was running and every later cell as
   failed (nbgrader would otherwise drop the whole submission, or count unrun tests as passed).
+- It starts the kernel in the sandbox (`sandbox.SandboxedKernelManager`), keeps at most
+  ``max_output_kb`` of output per cell (a 300 MB print must not fill the grader's memory), and when
+  the kernel died by hitting a limit it says which.
 - `DropWarningStreams` removes warning lines from stderr: nbgrader scores a test cell 0 when it
   printed anything on stderr, and torch prints warnings there for correct code.
 """
@@ -16,11 +19,13 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer
 
+from .sandbox import SandboxedKernelManager, describe_exit, was_killed_by_a_limit
 from .submission import cell_kind
 
 #: Error names the executed notebook carries for cells that did not finish.
 TIMEOUT_ERROR = "CellTimeoutError"  # nbgrader's own name for a cell that ran past its limit
 KERNEL_DIED_ERROR = "DeadKernelError"
+KILLED_ERROR = "KernelKilledByLimit"  # the kernel died from a resource limit (memory, CPU time, file size)
 NOT_RUN_ERROR = "CellNotRun"
 
 #: A warning as Python prints it ("file.py:12: UserWarning: text"), or as torch's C++ code does ("[W ...] text").
@@ -81,15 +86,41 @@ class GuardedExecute(Execute):
     """nbgrader's `Execute` with per-kind time limits and an explicit record of a dead kernel."""
 
     setup_timeout = Integer(300, help="Time limit (s) of read-only set-up cells.").tag(config=True)
+    max_output_kb = Integer(1024, help="Output kept per cell (KiB); the rest is dropped.").tag(config=True)
 
     def __init__(self, *args, **kwargs):
+        kwargs["kernel_manager_class"] = SandboxedKernelManager  # nbgrader's Execute would pick its own
         super().__init__(*args, **kwargs)
         self.timeout_func = CellTimeouts(answer=self.timeout, setup=self.setup_timeout)
         self._running_index: int | None = None
+        self._output_bytes = 0
+        self._dropped_bytes = 0
+        self._kernel_manager = None
 
     def preprocess_cell(self, cell, resources, index):
         self._running_index = index
-        return super().preprocess_cell(cell, resources, index)
+        self._output_bytes = self._dropped_bytes = 0
+        cell, resources = super().preprocess_cell(cell, resources, index)
+        if self._dropped_bytes:
+            cell.outputs.append(NotebookNode(output_type="stream", name="stdout", text=(
+                f"\n[{self._dropped_bytes / 1024:.0f} KiB more output were dropped: "
+                f"each cell keeps at most {self.max_output_kb} KiB]\n")))
+        return cell, resources
+
+    def create_kernel_manager(self):
+        # nbclient forgets its manager when the kernel is cleaned up; its exit code is needed after that.
+        self._kernel_manager = super().create_kernel_manager()
+        return self._kernel_manager
+
+    def output(self, outs, msg, display_id, cell_index):
+        """Keep a cell's outputs until they reach ``max_output_kb``; count what is dropped after that."""
+        size = len(str(msg.get("content", {}).get("text", ""))) + len(str(msg.get("content", {}).get("data", "")))
+        if self._output_bytes + size > self.max_output_kb * 1024 and msg["msg_type"] in (
+                "stream", "display_data", "execute_result", "update_display_data"):
+            self._dropped_bytes += size
+            return None
+        self._output_bytes += size
+        return super().output(outs, msg, display_id, cell_index)
 
     def preprocess(self, nb, resources=None, km=None):
         self._running_index = None
@@ -98,13 +129,17 @@ class GuardedExecute(Execute):
             return super().preprocess(nb, resources, km)
         except DeadKernelError:
             died_at = self._running_index
-            self.log.error("The kernel died while running cell %s", died_at)
+            exit_code = getattr(self._kernel_manager, "exit_code", None)
+            self.log.error("The kernel died while running cell %s (exit code %s)", died_at, exit_code)
             start = 0 if died_at is None else died_at
+            ename = KILLED_ERROR if was_killed_by_a_limit(exit_code) else KERNEL_DIED_ERROR
+            why = describe_exit(exit_code)
             for index, cell in enumerate(nb.cells[start:], start):
                 if cell.cell_type != "code":
                     continue
                 if index == died_at:
-                    cell.outputs.append(error_output(KERNEL_DIED_ERROR, "the kernel died while running this cell"))
+                    cell.outputs.append(error_output(
+                        ename, "the kernel died while running this cell" + (f": {why}" if why else "")))
                 else:
                     cell.outputs = [error_output(NOT_RUN_ERROR, "not run: the kernel died in an earlier cell")]
             return nb, resources

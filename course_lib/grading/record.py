@@ -15,14 +15,18 @@ class Status:
 
     GRADED = "graded"  # ran to the end; points are the tests' verdicts
     TAMPERED = "tampered"  # graded after restoring deleted or edited read-only/test cells
+    DELEGATED = "delegated"  # an answer calls the reference it should re-implement: that question scores 0
+    METADATA_MISSING = "metadata_missing"  # nbgrader metadata stripped: cells matched by content, then graded
     TIMEOUT = "timeout"  # a cell ran past its time limit; the cells after it still ran
+    KILLED = "killed"  # a resource limit (memory, CPU time, file size) stopped the student's code
     KERNEL_DIED = "kernel_died"  # the kernel died; cells from that one on count as failed
     MISSING = "missing"  # the submission folder has no notebook of that name
     FAILED = "failed"  # could not be graded at all (corrupt notebook, nbgrader refused it)
     ERROR = "error"  # the grader itself crashed on this submission (rerun grades it again)
 
     #: When several apply, the record shows the most serious one (the message lists them all).
-    SEVERITY = (ERROR, FAILED, MISSING, KERNEL_DIED, TIMEOUT, TAMPERED, GRADED)
+    SEVERITY = (ERROR, FAILED, MISSING, KILLED, KERNEL_DIED, TIMEOUT, TAMPERED, DELEGATED, METADATA_MISSING,
+                GRADED)
 
     @classmethod
     def most_serious(cls, statuses: list[str]) -> str:
@@ -31,7 +35,8 @@ class Status:
 
 
 #: Statuses whose points came from running the tests (possibly with a caveat in the message).
-SCORED_STATUSES = (Status.GRADED, Status.TAMPERED, Status.TIMEOUT, Status.KERNEL_DIED)
+SCORED_STATUSES = (Status.GRADED, Status.TAMPERED, Status.DELEGATED, Status.METADATA_MISSING, Status.TIMEOUT, Status.KILLED,
+                   Status.KERNEL_DIED)
 
 
 @dataclass

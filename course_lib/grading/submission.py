@@ -148,3 +148,54 @@ def _changes(cell, released, source_cell, gid: str, kind: str) -> list[str]:
             what = "test cell" if kind == "tests" else "read-only cell"
             problems.append(f"{what} {gid} was edited (the original was restored for grading)")
     return problems
+
+
+def _first_code_line(source: str) -> str:
+    return next((line.strip() for line in source.splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")), "")
+
+
+def match_stripped_cells(submitted: nbformat.NotebookNode, release: nbformat.NotebookNode) -> int:
+    """Give back nbgrader metadata the submission lost (an editor that strips it); returns how many cells.
+
+    Read-only, test and prose cells are matched by their exact source; an answer cell by its first
+    line (``def conv_params(...``) or, failing that, as the only unmatched code cell where it belongs.
+    Cells that match nothing stay as they are (`restore_cells` then reports them deleted).
+    """
+    present = {grade_id(c) for c in submitted.cells if grade_id(c)}
+    wanted = [c for c in release.cells if grade_id(c) and grade_id(c) not in present]
+    if not wanted:
+        return 0
+    bare = [i for i, c in enumerate(submitted.cells) if not nbgrader_metadata(c)]
+    position: dict[str, int] = {grade_id(c): i for i, c in enumerate(submitted.cells) if grade_id(c)}
+    matched = 0
+
+    def adopt(index: int, released) -> None:
+        nonlocal matched
+        submitted.cells[index].metadata["nbgrader"] = copy.deepcopy(released.metadata["nbgrader"])
+        position[grade_id(released)] = index
+        bare.remove(index)
+        matched += 1
+
+    for released in wanted:  # fixed content first: it anchors where the answers are
+        if cell_kind(released) == "answer":
+            continue
+        index = next((i for i in bare if submitted.cells[i].cell_type == released.cell_type
+                      and submitted.cells[i].source.strip() == released.source.strip()), None)
+        if index is not None:
+            adopt(index, released)
+    order = [grade_id(c) for c in release.cells if grade_id(c)]
+    for released in wanted:
+        if cell_kind(released) != "answer":
+            continue
+        at = order.index(grade_id(released))
+        before = max((position[g] for g in order[:at] if g in position), default=-1)
+        after = min((position[g] for g in order[at + 1:] if g in position), default=len(submitted.cells))
+        candidates = [i for i in bare if before < i < after and submitted.cells[i].cell_type == released.cell_type]
+        stub_line = _first_code_line(released.source)
+        same_start = [i for i in candidates if stub_line and _first_code_line(submitted.cells[i].source) == stub_line]
+        if len(same_start) == 1:
+            adopt(same_start[0], released)
+        elif len(candidates) == 1:
+            adopt(candidates[0], released)
+    return matched

@@ -1,0 +1,355 @@
+"""Running a student's kernel in a sandbox: bubblewrap namespaces plus resource limits.
+
+A submitted notebook is untrusted code. Its kernel runs as::
+
+    prlimit <limits> -- bwrap <namespaces, read-only system, one writable scratch folder> --
+        setpriv <unprivileged uid> -- python -m ipykernel_launcher -f <connection file>
+
+- no network (its own network namespace: the kernel talks to the grader over unix sockets, ZeroMQ's
+  ``ipc`` transport, in the scratch folder);
+- it sees the operating system, the Python environment and ``course_lib`` read-only, and one
+  private scratch folder read-write; the gradebook, the solutions, hidden tests, other students'
+  submissions and the grader's own files are simply not there;
+- its own process namespace and session: it cannot see or signal the grader;
+- limits on memory (RLIMIT_DATA), CPU time, processes, file size and open files. RLIMIT_NPROC does
+  not apply to root, so a grader running as root drops the kernel to a uid of its own (`setpriv`).
+
+Where bubblewrap is missing (macOS, some Linux set-ups) the grader says so in one line and refuses
+(``sandbox="required"``, the default) or, when asked (``sandbox="rlimits"``), runs the kernel with
+the resource limits only. ``sandbox="off"`` runs it as a plain kernel (your own notebooks only).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import Integer, Unicode
+
+#: How strictly student kernels are isolated.
+SANDBOX_MODES = ("required", "rlimits", "off")
+DEFAULT_SANDBOX = "required"
+
+MIB = 1024 * 1024
+#: Default limits of one student kernel. torch needs an RLIMIT_DATA of at least ~1 GiB to import.
+DEFAULT_MEMORY_MB = 4096
+DEFAULT_CPU_SECONDS = 3600  # CPU time summed over threads; the per-cell wall-clock limits come first
+DEFAULT_MAX_PROCESSES = 256  # threads count too (torch starts one per core)
+DEFAULT_MAX_FILE_MB = 256
+DEFAULT_MAX_OPEN_FILES = 1024
+#: First uid a root grader gives its kernels; each grading process gets its own (base + pid).
+SANDBOX_UID_BASE = 2_000_000
+SANDBOX_UID_SPAN = 1_000_000
+
+#: System folders the kernel sees read-only (those missing on a machine are skipped).
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt/conda")
+#: Files and folders of /etc that Python, SSL, fonts and the dynamic linker read.
+ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "passwd", "group",
+               "hosts", "ssl", "ca-certificates", "fonts", "alternatives", "matplotlibrc", "mime.types")
+#: Environment variables passed from the grader to the kernel (everything else is cleared).
+PASSED_ENV = ("LANG", "LC_ALL", "MPLBACKEND", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+              "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "PYTHONHASHSEED")
+PASSED_ENV_PREFIXES = ("COURSE_",)
+#: Folders named by these variables (pretrained weights) are visible read-only when they exist.
+READ_ONLY_ENV_DIRS = ("COURSE_WEIGHTS_DIR", "TORCH_HOME")
+#: Device files of GPUs, bound into the sandbox when present.
+GPU_DEVICE_GLOBS = ("/dev/nvidia*", "/dev/dri")
+
+#: Exit codes of the sandboxed kernel (bwrap reports a signal as 128 + its number) and what they mean.
+KILLED_BY = {
+    128 + signal.SIGKILL: "it was killed (SIGKILL: out of memory, or a limit was hit)",
+    128 + signal.SIGXCPU: "it used up its CPU time limit",
+    128 + signal.SIGXFSZ: "it wrote a file larger than the file size limit",
+    128 + signal.SIGSEGV: "it crashed (segmentation fault)",
+    128 + signal.SIGABRT: "it aborted (often an allocation above the memory limit)",
+}
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox was required but cannot run here; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one student kernel."""
+
+    memory_mb: int = DEFAULT_MEMORY_MB
+    cpu_seconds: int = DEFAULT_CPU_SECONDS
+    max_processes: int = DEFAULT_MAX_PROCESSES
+    max_file_mb: int = DEFAULT_MAX_FILE_MB
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES
+
+    def __post_init__(self) -> None:
+        for name in ("memory_mb", "cpu_seconds", "max_processes", "max_file_mb", "max_open_files"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def prlimit_args(self, extra_processes: int = 0) -> list[str]:
+        memory = self.memory_mb * MIB
+        return [
+            f"--data={memory}:{memory}",
+            f"--cpu={self.cpu_seconds}:{self.cpu_seconds + 5}",  # SIGXCPU first, SIGKILL 5 s later
+            f"--nproc={self.max_processes + extra_processes}",
+            f"--fsize={self.max_file_mb * MIB}",
+            f"--nofile={self.max_open_files}",
+            "--core=0",
+        ]
+
+
+def _running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@functools.lru_cache(maxsize=None)
+def bwrap_problem() -> str | None:
+    """None when bubblewrap can start a sandbox here, else one line saying why not."""
+    if not sys.platform.startswith("linux"):
+        return f"the sandbox needs Linux with bubblewrap; this is {sys.platform}"
+    missing = [tool for tool in ("bwrap", "prlimit", "setpriv") if shutil.which(tool) is None]
+    if missing:
+        return (f"the sandbox needs {', '.join(missing)} (Debian/Ubuntu: apt-get install bubblewrap util-linux)")
+    trial = [shutil.which("bwrap"), *_namespace_args(), "--ro-bind", "/", "/", "--", "true"]
+    try:
+        result = subprocess.run(trial, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"bubblewrap could not start: {error}"
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"bubblewrap cannot create namespaces here ({reason})"
+    return None
+
+
+def check_sandbox(mode: str) -> str | None:
+    """Raise `SandboxUnavailable` if ``mode`` needs bubblewrap and it cannot run; else a note or None."""
+    if mode not in SANDBOX_MODES:
+        raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_MODES)}, got {mode!r}")
+    if mode == "off":
+        return "student kernels run without a sandbox (sandbox=off): grade only trusted notebooks this way"
+    problem = bwrap_problem()
+    if mode == "required" and problem:
+        raise SandboxUnavailable(f"{problem}; refusing to run student code without it "
+                                 "(use --sandbox=rlimits to grade with resource limits only)")
+    if mode == "rlimits" or problem:
+        return "student kernels run with resource limits only, without bubblewrap isolation"
+    return None
+
+
+def _namespace_args() -> list[str]:
+    if _running_as_root():  # privileged bwrap; the uid is dropped inside by setpriv
+        return ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+    return ["--unshare-all", "--unshare-user", "--disable-userns"]
+
+
+def sandbox_uid() -> int:
+    """The uid a root grader gives its kernels: one per grading process, so RLIMIT_NPROC is per kernel."""
+    return SANDBOX_UID_BASE + os.getpid() % SANDBOX_UID_SPAN
+
+
+def _python_dirs() -> list[str]:
+    """Folders the kernel's Python needs: the environment, its base installation, the real executable's."""
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent.parent)}
+    return sorted(d for d in dirs if d and Path(d).exists())
+
+
+def _course_package_dir() -> Path:
+    """The ``course_lib`` package folder (only it, not the repository holding the solutions)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def kernel_environment(scratch: Path) -> dict[str, str]:
+    """The kernel's whole environment: a home in the scratch folder and a few passed variables."""
+    home = scratch / "home"
+    env = {
+        "HOME": str(home),
+        "TMPDIR": str(scratch / "tmp"),
+        "USER": "student",
+        "LOGNAME": "student",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "PYTHONPATH": str(_course_package_dir().parent),
+        "MPLCONFIGDIR": str(home / ".matplotlib"),
+        "IPYTHONDIR": str(home / ".ipython"),
+        "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
+        "JUPYTER_DATA_DIR": str(home / ".local-jupyter"),
+        "JUPYTER_RUNTIME_DIR": str(scratch / "runtime"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        "TORCH_HOME": os.environ.get("TORCH_HOME", str(home / ".torch")),
+    }
+    for name, value in os.environ.items():
+        if name in PASSED_ENV or name.startswith(PASSED_ENV_PREFIXES):
+            env[name] = value
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+def prepare_scratch(scratch: Path, uid: int | None) -> None:
+    """Create the kernel's folders; a root grader hands them to the kernel's uid (nobody else can read them)."""
+    for sub in ("work", "home/.matplotlib", "tmp", "runtime"):
+        (scratch / sub).mkdir(parents=True, exist_ok=True)
+    # matplotlib builds a font list on first use (seconds): give the kernel the grader's copy.
+    grader_mpl = os.environ.get("MPLCONFIGDIR")
+    if grader_mpl and Path(grader_mpl).is_dir():
+        for cache in Path(grader_mpl).glob("fontlist-*.json"):
+            shutil.copyfile(cache, scratch / "home" / ".matplotlib" / cache.name)
+    if uid is not None:
+        for folder, _, files in os.walk(scratch):
+            os.chown(folder, uid, uid)
+            for name in files:
+                os.chown(Path(folder) / name, uid, uid)
+    # Others may pass through (bwrap, as root without capabilities, enters them) but not list them.
+    for folder in (scratch, scratch / "work"):
+        os.chmod(folder, 0o711)
+
+
+def _bwrap_args(scratch: Path, env: dict[str, str]) -> list[str]:
+    args = [shutil.which("bwrap") or "bwrap", *_namespace_args(), "--die-with-parent", "--new-session",
+            "--clearenv", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+    for folder in SYSTEM_DIRS:
+        args += ["--ro-bind-try", folder, folder]
+    for entry in ETC_ENTRIES:
+        args += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
+    read_only = [*_python_dirs(), str(_course_package_dir())]
+    read_only += [os.environ[v] for v in READ_ONLY_ENV_DIRS if os.environ.get(v) and Path(os.environ[v]).is_dir()]
+    # bwrap would create the folders above these mount points private to root: make them passable.
+    parents = {str(p) for folder in [*read_only, str(scratch)] for p in Path(folder).parents if str(p) != "/"}
+    for parent in sorted(parents - set(SYSTEM_DIRS), key=lambda p: (p.count("/"), p)):
+        args += ["--perms", "0755", "--dir", parent]
+    for folder in read_only:
+        args += ["--ro-bind", folder, folder]
+    gpu_devices = sorted({str(p) for pattern in GPU_DEVICE_GLOBS for p in Path("/").glob(pattern.lstrip("/"))})
+    for device in gpu_devices:
+        args += ["--dev-bind", device, device]
+    if gpu_devices:  # the CUDA driver reads its PCI topology from /sys
+        args += ["--ro-bind-try", "/sys", "/sys"]
+    args += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch / "work")]
+    for name, value in sorted(env.items()):
+        args += ["--setenv", name, value]
+    return args
+
+
+def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: Limits) -> list[str]:
+    """``kernel_cmd`` wrapped in the limits (and, unless ``mode="rlimits"``, the bubblewrap sandbox)."""
+    env = kernel_environment(scratch)
+    root = _running_as_root()
+    extra = 0 if root else _processes_of_this_user()
+    command = [shutil.which("prlimit") or "prlimit", *limits.prlimit_args(extra), "--"]
+    if mode == "required":
+        command += _bwrap_args(scratch, env)
+        if root:
+            # bwrap keeps only the right to change uid; setpriv uses it once and drops everything.
+            command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        else:
+            command += ["--cap-drop", "ALL"]
+        command += ["--"]
+        if root:
+            uid = str(sandbox_uid())
+            command += [shutil.which("setpriv") or "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups",
+                        "--inh-caps=-all", "--no-new-privs", "--"]
+        return command + kernel_cmd
+    return command + ["env", "-i", *[f"{k}={v}" for k, v in sorted(env.items())], *kernel_cmd]
+
+
+def _processes_of_this_user() -> int:
+    """How many processes (threads included) this user runs now: RLIMIT_NPROC counts them all."""
+    try:
+        uid = os.getuid()
+        count = 0
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                text = status.read_text()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            if int(fields.get("Uid", "-1").split()[0]) == uid:
+                count += int(fields.get("Threads", "1").strip())
+        return count
+    except (OSError, ValueError):
+        return 4096
+
+
+def describe_exit(code: int | None) -> str:
+    """What a dead kernel's exit code says, in words ("" when it says nothing special)."""
+    if code is None:
+        return ""
+    return KILLED_BY.get(code, f"it exited with code {code}")
+
+
+def was_killed_by_a_limit(code: int | None) -> bool:
+    return code in KILLED_BY
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernels run in the sandbox (see the module's docstring).
+
+    The kernel talks over unix sockets in its scratch folder (TCP cannot cross its network
+    namespace) and is interrupted by message (it cannot receive the grader's signals).
+    """
+
+    sandbox = Unicode(DEFAULT_SANDBOX, help="required, rlimits or off").tag(config=True)
+    memory_mb = Integer(DEFAULT_MEMORY_MB).tag(config=True)
+    cpu_seconds = Integer(DEFAULT_CPU_SECONDS).tag(config=True)
+    max_processes = Integer(DEFAULT_MAX_PROCESSES).tag(config=True)
+    max_file_mb = Integer(DEFAULT_MAX_FILE_MB).tag(config=True)
+    max_open_files = Integer(DEFAULT_MAX_OPEN_FILES).tag(config=True)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._scratch: Path | None = None
+        self.exit_code: int | None = None
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.memory_mb, self.cpu_seconds, self.max_processes, self.max_file_mb, self.max_open_files)
+
+    async def _async_pre_start_kernel(self, **kw):
+        check_sandbox(self.sandbox)
+        if self.sandbox == "off":
+            return await super()._async_pre_start_kernel(**kw)
+        self._scratch = Path(tempfile.mkdtemp(prefix="course-sandbox-"))
+        uid = sandbox_uid() if _running_as_root() and self.sandbox == "required" else None
+        prepare_scratch(self._scratch, uid)
+        self.transport = "ipc"
+        self.ip = str(self._scratch / "kernel-ipc")
+        self.connection_file = str(self._scratch / "kernel.json")
+        self.kernel_spec.interrupt_mode = "message"
+        kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
+        if uid is not None:
+            os.chown(self.connection_file, uid, uid)
+        kw["cwd"] = str(self._scratch / "work")
+        kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        return sandboxed_command(kernel_cmd, self._scratch, self.sandbox, self.limits), kw
+
+    def _remember_exit_code(self) -> None:
+        process = getattr(self.provisioner, "process", None)
+        if process is not None and process.poll() is not None:
+            self.exit_code = process.returncode
+
+    async def _async_is_alive(self) -> bool:
+        alive = await super()._async_is_alive()
+        if not alive:
+            self._remember_exit_code()
+        return alive
+
+    async def _async_kill_kernel(self, restart: bool = False) -> None:
+        self._remember_exit_code()
+        await super()._async_kill_kernel(restart=restart)
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        self._remember_exit_code()
+        await super()._async_cleanup_resources(restart=restart)
+        if self._scratch is not None and not restart:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    # AsyncKernelManager binds its public names to the base class's coroutines: point them at ours.
+    is_alive = _async_is_alive
+    _kill_kernel = _async_kill_kernel
+    cleanup_resources = _async_cleanup_resources

@@ -1,0 +1,352 @@
+"""Hostile submissions, each with the verdict a sound grader must give.
+
+One small assignment (tests/fixtures/redteam/redteam.ipynb: box areas, 2 points; convolution
+parameters, 1 point) and a class of students who try to cheat, break or escape the grader. One
+`grade_folder` run grades them all in the sandbox (bubblewrap + resource limits, two workers);
+each test then checks one student's verdict, and that nobody else's changed.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_lib.grading.autograde import GradingOptions
+from course_lib.grading.coursedir import Assignment
+from course_lib.grading.environment import isolated_environment
+from course_lib.grading.export import grade_table, load_record, write_grades_csv
+from course_lib.grading.gradebook import gradebook_rows
+from course_lib.grading.orchestrator import grade_folder
+from course_lib.grading.sandbox import SANDBOX_UID_BASE, bwrap_problem
+from course_lib.grading.submission import grade_id
+
+pytestmark = pytest.mark.grading
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "redteam"
+SOURCE = FIXTURES / "redteam.ipynb"
+NAME = "redteam"
+FULL = {"q1_tests": 2.0, "q2_tests": 1.0}
+CELL_TIMEOUT_S = 15
+OPTIONS = GradingOptions(timeout=CELL_TIMEOUT_S, setup_timeout=180, memory_mb=1536, max_processes=64,
+                         max_output_kb=256)
+
+WRONG_Q1 = '''def box_area(boxes):
+    return torch.zeros(len(boxes))
+'''
+
+
+def _cell(nb, gid):
+    return next(c for c in nb.cells if grade_id(c) == gid)
+
+
+def _with(**answers) -> nbformat.NotebookNode:
+    """The solution with some cells' sources replaced (keyword: grade id)."""
+    nb = nbformat.read(SOURCE, as_version=4)
+    for gid, text in answers.items():
+        _cell(nb, gid).source = text
+    return nb
+
+
+def _add_cell(nb, text: str, after: str = "setup") -> nbformat.NotebookNode:
+    index = next(i for i, c in enumerate(nb.cells) if grade_id(c) == after)
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(text))
+    return nb
+
+
+def _hostile_class(course_dir: Path) -> dict[str, nbformat.NotebookNode | bytes]:
+    solution = nbformat.read(SOURCE, as_version=4)
+    deleted = copy.deepcopy(solution)
+    deleted.cells = [c for c in deleted.cells if grade_id(c) != "q2_tests"]
+    stripped = copy.deepcopy(solution)
+    for cell in stripped.cells:
+        cell.metadata.pop("nbgrader", None)
+    gradebook = course_dir / "gradebook.db"
+    return {
+        "solution": solution,
+        "eq_faking": _with(q2_answer='''class Anything(int):
+    def __eq__(self, other):
+        return True
+    def __ne__(self, other):
+        return False
+    __hash__ = int.__hash__
+
+def conv_params(kernel_size, in_channels, out_channels, bias=True):
+    return Anything(0)
+'''),
+        "patched_allclose": _with(q1_answer=WRONG_Q1 + "torch.allclose = lambda *args, **kwargs: True\n"),
+        "patched_checkers": _with(q1_answer=WRONG_Q1 + "checks.check_close = lambda *args, **kwargs: None\n"
+                                                       "checks.check_equal = lambda *args, **kwargs: None\n"),
+        "hidden_traceback": _with(q1_answer=WRONG_Q1 + "ip = get_ipython()\n"
+                                                       "ip.showtraceback = lambda *args, **kwargs: None\n"),
+        "sys_exit": _with(q2_answer="import sys\nsys.exit(0)\n"),
+        "os_exit": _with(q1_answer="import os\nos._exit(3)\n"),
+        "kill_parent": _with(q1_answer='''import os, signal
+for pid in {os.getppid(), 1}:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError as error:
+        print("kill", pid, "refused:", error)
+''' + _cell(solution, "q1_answer").source),
+        "search_disk": _add_cell(copy.deepcopy(solution), f'''import os
+found = []
+for top in ("/", "/tmp", "/work", "/root", "/home", os.path.expanduser("~"), os.getcwd()):
+    for folder, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if os.path.join(folder, d) not in ("/usr", "/proc", "/sys", "/dev", "/lib",
+                                                                       "/lib64", "/bin", "/sbin", "/etc")
+                   and ".venv" not in d and "pyenv" not in d]
+        found += [os.path.join(folder, f) for f in files if f.endswith((".ipynb", ".db", ".json"))
+                  and "kernel" not in f]
+print("FOUND:", found)
+print("COURSE FOLDER VISIBLE:", os.path.exists({str(course_dir)!r}), os.path.exists({str(ROOT / "solutions")!r}))
+'''),
+        "write_gradebook": _add_cell(copy.deepcopy(solution), f'''for attempt in ({str(gradebook)!r}, "/tmp/../{gradebook.name}"):
+    try:
+        with open(attempt, "r+b") as handle:
+            handle.write(b"2000" * 1000)
+        print("WROTE", attempt)
+    except OSError as error:
+        print("could not write", attempt, type(error).__name__)
+for outside in ({str(ROOT / "pwned.txt")!r}, "/usr/pwned.txt", "/pwned.txt"):
+    try:
+        open(outside, "w").write("x")
+        print("WROTE", outside)
+    except OSError as error:
+        print("could not write", outside, type(error).__name__)
+'''),
+        "delegate_reference": _with(
+            q1_answer="from torchvision.ops import box_area\n",
+            q2_answer="from course_lib.models import conv_params as reference\n\n"
+                      "def conv_params(kernel_size, in_channels, out_channels, bias=True):\n"
+                      "    return reference(kernel_size, in_channels, out_channels, bias)\n"),
+        "edited_tests": _with(q1_answer=WRONG_Q1, q1_tests="print('all good')\n"),
+        "deleted_tests": deleted,
+        "stripped_metadata": stripped,
+        "infinite_loop": _with(q1_answer="while True:\n    pass\n"),
+        "memory_bomb": _with(q1_answer="hoard = bytearray(64 * 1024 ** 3)\n"),
+        "fork_bomb": _with(q1_answer="import os\nwhile True:\n    os.fork()\n"),
+        "big_print": _with(q1_answer="for _ in range(300):\n    print('x' * 1_000_000)\n"
+                           + _cell(solution, "q1_answer").source),
+        "corrupt": SOURCE.read_bytes()[:700],
+    }
+
+
+def _put(submitted: Path, student: str, notebook) -> None:
+    folder = submitted / student / NAME
+    folder.mkdir(parents=True)
+    path = folder / f"{NAME}.ipynb"
+    if isinstance(notebook, bytes):
+        path.write_bytes(notebook)
+    else:
+        nbformat.write(notebook, path)
+
+
+def _sandbox_processes() -> list[str]:
+    """Processes still running under a sandbox uid (there must be none once grading is over)."""
+    left = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[0]) >= SANDBOX_UID_BASE:
+            left.append(f"{status.parent.name} {fields.get('Name', '').strip()}")
+    return left
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    problem = bwrap_problem()
+    if problem:
+        pytest.fail(f"the grader's sandbox cannot run here: {problem}")
+    base = tmp_path_factory.mktemp("redteam")
+    submitted, course_dir = base / "submitted", base / "grading"
+    course_dir.mkdir()
+    for student, notebook in _hostile_class(course_dir).items():
+        _put(submitted, student, notebook)
+    started = time.monotonic()
+    with isolated_environment(base / "home", ROOT):
+        run = grade_folder(submitted, {NAME: Assignment(NAME, SOURCE)}, course_dir, OPTIONS, workers=2,
+                           progress=False)
+        write_grades_csv(course_dir, course_dir / "grades.csv")
+    records = {r.student: r for r in run.graded}
+    return {"records": records, "course_dir": course_dir, "submitted": submitted, "base": base,
+            "seconds": time.monotonic() - started}
+
+
+def _record(graded, student):
+    return graded["records"][student]
+
+
+def _graded_text(graded, student) -> str:
+    return _record(graded, student).graded_notebook or ""
+
+
+def test_every_hostile_submission_ends_with_a_status_and_a_reason(graded):
+    records = graded["records"]
+    assert len(records) == len(_hostile_class(graded["course_dir"]))
+    for student, record in records.items():
+        assert record.status, student
+        if record.status != "graded":
+            assert record.message, f"{student}: {record.status} without a reason"
+    header, rows = grade_table(graded["course_dir"])
+    assert header[-2:] == ["status", "message"]
+    assert {row["student"] for row in rows} == set(records)
+
+
+def test_the_honest_solution_gets_full_marks(graded):
+    record = _record(graded, "solution")
+    assert (record.status, record.scores) == ("graded", FULL), record.message
+
+
+def test_an_object_that_equals_everything_earns_nothing(graded):
+    record = _record(graded, "eq_faking")
+    assert record.scores == {"q1_tests": 2.0, "q2_tests": 0.0}, record.message
+
+
+@pytest.mark.parametrize("student", ["patched_allclose", "patched_checkers", "hidden_traceback"])
+def test_patching_the_test_machinery_voids_the_notebook_and_says_what_was_patched(graded, student):
+    record = _record(graded, student)
+    assert record.status == "tampered"
+    assert record.total == 0.0
+    assert "test machinery" in record.message
+    patched = {"patched_allclose": "torch.allclose", "patched_checkers": "checks.check_close",
+               "hidden_traceback": "get_ipython"}[student]
+    assert patched in record.message
+
+
+def test_sys_exit_in_an_answer_only_costs_that_question(graded):
+    record = _record(graded, "sys_exit")
+    assert record.scores == {"q1_tests": 2.0, "q2_tests": 0.0}, record.message
+
+
+def test_os_exit_is_a_dead_kernel_named_with_its_cell(graded):
+    record = _record(graded, "os_exit")
+    assert record.status == "kernel_died"
+    assert "q1_answer" in record.message and "code 3" in record.message
+    assert record.total == 0.0
+
+
+def test_killing_the_parent_harms_nobody(graded):
+    record = _record(graded, "kill_parent")
+    assert record.scores == FULL, record.message
+    assert "refused" in _graded_text(graded, "kill_parent") or record.status == "graded"
+    assert _record(graded, "solution").scores == FULL
+
+
+def test_the_disk_shows_no_hidden_tests_gradebook_or_other_students(graded):
+    text = _graded_text(graded, "search_disk")
+    assert "FOUND: []" in text
+    assert "COURSE FOLDER VISIBLE: False False" in text
+    assert _record(graded, "search_disk").scores == FULL
+
+
+def test_the_gradebook_and_the_course_cannot_be_written(graded):
+    text = _graded_text(graded, "write_gradebook")
+    assert "WROTE" not in text
+    assert not (ROOT / "pwned.txt").exists()
+    rows = {(r.student, r.assignment): r for r in gradebook_rows(graded["course_dir"])}
+    for student, record in graded["records"].items():
+        assert rows[(student, NAME)].total == record.total, student
+    assert _record(graded, "write_gradebook").scores == FULL
+
+
+def test_delegating_to_the_reference_earns_nothing_for_those_questions(graded):
+    record = _record(graded, "delegate_reference")
+    assert record.status == "delegated"
+    assert record.total == 0.0
+    assert "torchvision.ops" in record.message and "course_lib.models" in record.message
+
+
+def test_edited_tests_are_restored_and_flagged(graded):
+    record = _record(graded, "edited_tests")
+    assert record.status == "tampered"
+    assert "q1_tests was edited" in record.message
+    assert record.scores == {"q1_tests": 0.0, "q2_tests": 1.0}
+
+
+def test_deleted_tests_are_restored_and_flagged(graded):
+    record = _record(graded, "deleted_tests")
+    assert record.status == "tampered"
+    assert "q2_tests was deleted" in record.message
+    assert record.scores == FULL
+
+
+def test_stripped_metadata_is_matched_by_content_and_graded(graded):
+    record = _record(graded, "stripped_metadata")
+    assert record.status == "metadata_missing", record.message
+    assert "matched by content" in record.message
+    assert record.scores == FULL
+
+
+def test_an_infinite_loop_times_out_naming_its_cell(graded):
+    record = _record(graded, "infinite_loop")
+    assert record.status == "timeout"
+    assert "q1_answer" in record.message and f"{CELL_TIMEOUT_S} s" in record.message
+    assert record.scores == {"q1_tests": 0.0, "q2_tests": 1.0}
+
+
+def test_a_memory_bomb_is_stopped_by_the_memory_limit(graded):
+    record = _record(graded, "memory_bomb")
+    assert record.status == "killed"
+    assert "memory" in record.message
+    assert record.scores == {"q1_tests": 0.0, "q2_tests": 1.0}
+
+
+def test_a_fork_bomb_is_bounded_and_leaves_no_process_behind(graded):
+    record = _record(graded, "fork_bomb")
+    assert record.status != "graded" or record.scores["q1_tests"] == 0.0
+    assert record.scores["q1_tests"] == 0.0
+    assert record.message
+    assert _sandbox_processes() == []
+
+
+def test_a_300_mb_print_is_cut_and_still_graded(graded):
+    record = _record(graded, "big_print")
+    assert record.scores == FULL, record.message
+    assert len(record.graded_notebook) < 2_000_000
+    assert "were dropped" in record.graded_notebook
+
+
+def test_a_corrupt_file_fails_with_a_reason(graded):
+    record = _record(graded, "corrupt")
+    assert record.status == "failed"
+    assert "not valid JSON" in record.message
+
+
+def test_killing_the_orchestrator_and_rerunning_finishes_the_rest_identically(graded, tmp_path):
+    """`course grade` killed after its first stored submission, then run again: same table as one clean run."""
+    students = ("solution", "deleted_tests", "eq_faking")
+    submitted, course_dir = tmp_path / "submitted", tmp_path / "grading"
+    for student in students:
+        folder = submitted / student / NAME
+        folder.mkdir(parents=True)
+        (folder / f"{NAME}.ipynb").write_bytes((graded["submitted"] / student / NAME / f"{NAME}.ipynb").read_bytes())
+    command = [sys.executable, "-m", "course_lib.grading.cli", "grade", str(submitted), "--course-dir", str(course_dir),
+               "--solutions", str(FIXTURES), "--workers", "1", "--timeout", str(CELL_TIMEOUT_S), "--no-progress"]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    records_dir = course_dir / "records" / NAME
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(records_dir.glob("*.json"))) < 1 and first.poll() is None:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # the whole run: orchestrator, workers, kernels
+    first.wait()
+    done_before = {p.stem for p in records_dir.glob("*.json")}
+    assert 1 <= len(done_before) < len(students)
+
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert f"skipped {len(done_before)} already graded" in second.stdout
+    for student in students:
+        rerun, reference = load_record(course_dir, NAME, student), _record(graded, student)
+        assert (rerun.status, rerun.scores, rerun.message) == (reference.status, reference.scores, reference.message)
+    header, rows = grade_table(course_dir)
+    assert [row["student"] for row in rows] == sorted(students)
