@@ -8,10 +8,6 @@ each test then checks one student's verdict, and that nobody else's changed.
 from __future__ import annotations
 
 import copy
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +17,7 @@ import pytest
 from course_lib.grading.autograde import GradingOptions
 from course_lib.grading.coursedir import Assignment
 from course_lib.grading.environment import isolated_environment
-from course_lib.grading.export import grade_table, load_record, write_grades_csv
+from course_lib.grading.export import grade_table, write_grades_csv
 from course_lib.grading.gradebook import gradebook_rows
 from course_lib.grading.orchestrator import grade_folder
 from course_lib.grading.sandbox import SANDBOX_UID_BASE, bwrap_problem
@@ -84,6 +80,8 @@ def conv_params(kernel_size, in_channels, out_channels, bias=True):
         "patched_allclose": _with(q1_answer=WRONG_Q1 + "torch.allclose = lambda *args, **kwargs: True\n"),
         "patched_checkers": _with(q1_answer=WRONG_Q1 + "checks.check_close = lambda *args, **kwargs: None\n"
                                                        "checks.check_equal = lambda *args, **kwargs: None\n"),
+        "patched_unseen": _with(q1_answer="type(checks).__setattr__(checks, 'check_close', lambda *args, **kwargs: None)\n"
+                                          + WRONG_Q1),
         "hidden_traceback": _with(q1_answer=WRONG_Q1 + "ip = get_ipython()\n"
                                                        "ip.showtraceback = lambda *args, **kwargs: None\n"),
         "sys_exit": _with(q2_answer="import sys\nsys.exit(0)\n"),
@@ -132,7 +130,7 @@ for outside in ({str(ROOT / "pwned.txt")!r}, "/usr/pwned.txt", "/pwned.txt"):
         "infinite_loop": _with(q1_answer="while True:\n    pass\n"),
         "memory_bomb": _with(q1_answer="hoard = bytearray(64 * 1024 ** 3)\n"),
         "fork_bomb": _with(q1_answer="import os\nwhile True:\n    os.fork()\n"),
-        "big_print": _with(q1_answer="for _ in range(300):\n    print('x' * 1_000_000)\n"
+        "big_print": _with(q1_answer="for _ in range(300):\n    print('x' * 1_000_000, flush=True)\n"
                            + _cell(solution, "q1_answer").source),
         "corrupt": SOURCE.read_bytes()[:700],
     }
@@ -177,6 +175,8 @@ def graded(tmp_path_factory):
                            progress=False)
         write_grades_csv(course_dir, course_dir / "grades.csv")
     records = {r.student: r for r in run.graded}
+    for record in sorted(records.values(), key=lambda r: -r.duration_s):  # shown with pytest -s
+        print(f"{record.student:20s} {record.duration_s:6.1f} s  {record.status:16s} {record.scores} {record.message}")
     return {"records": records, "course_dir": course_dir, "submitted": submitted, "base": base,
             "seconds": time.monotonic() - started}
 
@@ -186,7 +186,10 @@ def _record(graded, student):
 
 
 def _graded_text(graded, student) -> str:
-    return _record(graded, student).graded_notebook or ""
+    """Everything the student's cells printed (outputs only, not the code)."""
+    nb = nbformat.reads(_record(graded, student).graded_notebook, as_version=4)
+    return "\n".join(str(output.get("text", "")) + str(output.get("evalue", ""))
+                     for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs)
 
 
 def test_every_hostile_submission_ends_with_a_status_and_a_reason(graded):
@@ -218,8 +221,18 @@ def test_patching_the_test_machinery_voids_the_notebook_and_says_what_was_patche
     assert record.total == 0.0
     assert "test machinery" in record.message
     patched = {"patched_allclose": "torch.allclose", "patched_checkers": "checks.check_close",
-               "hidden_traceback": "get_ipython"}[student]
+               "patched_unseen": _with(q1_answer="type(checks).__setattr__(checks, 'check_close', lambda *args, **kwargs: None)\n"
+                                          + WRONG_Q1),
+        "hidden_traceback": "get_ipython"}[student]
     assert patched in record.message
+
+
+def test_a_patch_the_audit_misses_still_fails_the_graders_own_check(graded):
+    record = _record(graded, "patched_unseen")
+    assert record.status == "tampered"
+    assert record.scores == {"q1_tests": 0.0, "q2_tests": 1.0}
+    assert "q1_tests passed in the notebook but not the grader's own check" in record.message
+    assert "values differ from the reference" in record.message
 
 
 def test_sys_exit_in_an_answer_only_costs_that_question(graded):
@@ -312,41 +325,10 @@ def test_a_300_mb_print_is_cut_and_still_graded(graded):
     record = _record(graded, "big_print")
     assert record.scores == FULL, record.message
     assert len(record.graded_notebook) < 2_000_000
-    assert "were dropped" in record.graded_notebook
+    assert "were dropped" in _graded_text(graded, "big_print")
 
 
 def test_a_corrupt_file_fails_with_a_reason(graded):
     record = _record(graded, "corrupt")
     assert record.status == "failed"
     assert "not valid JSON" in record.message
-
-
-def test_killing_the_orchestrator_and_rerunning_finishes_the_rest_identically(graded, tmp_path):
-    """`course grade` killed after its first stored submission, then run again: same table as one clean run."""
-    students = ("solution", "deleted_tests", "eq_faking")
-    submitted, course_dir = tmp_path / "submitted", tmp_path / "grading"
-    for student in students:
-        folder = submitted / student / NAME
-        folder.mkdir(parents=True)
-        (folder / f"{NAME}.ipynb").write_bytes((graded["submitted"] / student / NAME / f"{NAME}.ipynb").read_bytes())
-    command = [sys.executable, "-m", "course_lib.grading.cli", "grade", str(submitted), "--course-dir", str(course_dir),
-               "--solutions", str(FIXTURES), "--workers", "1", "--timeout", str(CELL_TIMEOUT_S), "--no-progress"]
-    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    records_dir = course_dir / "records" / NAME
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list(records_dir.glob("*.json"))) < 1 and first.poll() is None:
-        time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)  # the whole run: orchestrator, workers, kernels
-    first.wait()
-    done_before = {p.stem for p in records_dir.glob("*.json")}
-    assert 1 <= len(done_before) < len(students)
-
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr
-    assert f"skipped {len(done_before)} already graded" in second.stdout
-    for student in students:
-        rerun, reference = load_record(course_dir, NAME, student), _record(graded, student)
-        assert (rerun.status, rerun.scores, rerun.message) == (reference.status, reference.scores, reference.message)
-    header, rows = grade_table(course_dir)
-    assert [row["student"] for row in rows] == sorted(students)

@@ -45,11 +45,16 @@ class ShapesRecipe:
     grids: tuple[int, ...] = (4, 2, 1)
     zooms: tuple[float, ...] = (0.75, 1.0, 1.3)
     ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5))
+    stage_channels: tuple[int, ...] = (24, 48, 96)
+    stage_depths: tuple[int, ...] = (1, 2, 2)
+    head_channels: int = 96
+    iou_threshold: float = 0.5
     seed: int = 0
 
     def model_config(self) -> SSDConfig:
         return SSDConfig(num_classes=len(CLASSES), image_size=self.image_size, grids=self.grids, zooms=self.zooms,
-                         ratios=self.ratios, box_coding=self.box_coding, class_names=CLASSES)
+                         ratios=self.ratios, stage_channels=self.stage_channels, stage_depths=self.stage_depths,
+                         head_channels=self.head_channels, box_coding=self.box_coding, class_names=CLASSES)
 
 
 #: The small configuration of quick runs (tests, ``COURSE_QUICK=1``): same code, far fewer steps.
@@ -90,7 +95,10 @@ def train_shapes_ssd(recipe: ShapesRecipe = ShapesRecipe(), progress: bool = Tru
     model = SSD(recipe.model_config()).to(device)
     batches = DetectionBatches(train_images, train_targets, recipe.batch_size,
                                generator=torch.Generator().manual_seed(recipe.seed), hflip=True, vflip=True)
-    history = fit(model, batches, lambda m, x, y: m.loss(m(x), y, classification=recipe.classification),
+    def loss(m: SSD, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]):
+        return m.loss(m(images), targets, classification=recipe.classification, iou_threshold=recipe.iou_threshold)
+
+    history = fit(model, batches, loss,
                   steps=recipe.steps, lr=recipe.lr, progress=progress,
                   description=f"SSD, {recipe.classification} loss")
     timings["train_seconds"] = history.seconds

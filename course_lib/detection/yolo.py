@@ -18,6 +18,11 @@ The sigmoid keeps a box's centre inside its own cell; ``exp`` keeps sizes positi
 anchor's own size when ``t = 0``. Decoded predictions are flattened cell by cell in row-major order
 with the anchors innermost (like torchvision's RetinaNet head and the SSD lesson): prediction
 ``i = (c_y * W + c_x) * A + a``. Anchors are ``(w, h)`` in pixels.
+
+`postprocess` keeps a box when its best non-background class clears the score threshold (even if
+background is the most likely class), then runs NMS per class. For training, `build_targets` makes
+one prediction responsible for each object (the cell holding its centre, the best-shaped anchor)
+and `yolo_loss` compares the head's output with those targets.
 """
 from __future__ import annotations
 
@@ -53,8 +58,6 @@ __all__ = [
 BOX_CHANNELS = 4
 #: A backbone with five stride-2 stages shrinks height and width by 2**5 = 32.
 DEFAULT_STRIDE = 32
-#: Label of predictions that no object is assigned to, when no background class index is given.
-NO_OBJECT = -1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ PROTECTED_ROOTS = ("torch", "nn", "F", "np", "numpy", "checks", "course_lib", "b
                    "math", "IPython", "traceback", "unittest", "operator", "functools", "nbgrader")
 #: Calls that reach into the interpreter or the kernel to change verdicts or tracebacks.
 FORBIDDEN_CALLS = ("get_ipython", "setattr", "delattr", "__import__", "exec", "eval", "compile", "globals",
-                   "_getframe", "settrace", "setprofile", "excepthook", "showtraceback", "register_cell_magic")
+                   "_getframe", "settrace", "setprofile", "excepthook", "showtraceback", "register_cell_magic", "vars")
 #: Settings an answer may change (they do not touch how verdicts are computed).
 ALLOWED_SETTINGS = ("torch.backends.", "np.random.", "numpy.random.")
 FORBIDDEN_MODULES = ("importlib", "ctypes", "gc", "inspect", "IPython", "traceback", "builtins")
@@ -60,7 +60,7 @@ class Audit:
         return {f.question for f in self.findings if f.question}
 
 
-def test_id_for(answer_id: str | None) -> str | None:
+def graded_cell_of(answer_id: str | None) -> str | None:
     """``q2_answer`` -> ``q2_tests`` (the course's naming of an answer and its tests)."""
     if answer_id and answer_id.endswith("_answer"):
         return answer_id[: -len("_answer")] + "_tests"
@@ -104,24 +104,44 @@ def _delegations(tree: ast.AST) -> list[str]:
     return found
 
 
-def _patches(tree: ast.AST) -> list[str]:
+def module_names(nb) -> set[str]:
+    """Names the notebook binds to imported modules or their members (``import torch as t`` gives ``t``)."""
+    names: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse("\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith(("%", "!"))))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
+    return names
+
+
+def _patches(tree: ast.AST, roots: set[str] = frozenset()) -> list[str]:
+    roots = set(PROTECTED_ROOTS) | set(roots)
     found = []
     for node in ast.walk(tree):
         targets = []
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
         for target in targets:
-            for part in ast.walk(target):
-                dotted = _dotted(part) if isinstance(part, ast.Attribute) else ""
-                if dotted.split(".")[0] in PROTECTED_ROOTS and not dotted.startswith(ALLOWED_SETTINGS):
-                    found.append(f"replaces {_dotted(part)}")
-                elif isinstance(part, ast.Name) and part.id in ("__builtins__",):
-                    found.append(f"replaces {part.id}")
+            tops = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
+            for top in tops:
+                if isinstance(top, ast.Subscript):  # torch.__dict__["allclose"] = ...
+                    top = top.value
+                dotted = _dotted(top) if isinstance(top, (ast.Attribute, ast.Name)) else ""
+                if "." in dotted and dotted.split(".")[0] in roots and not dotted.startswith(ALLOWED_SETTINGS):
+                    found.append(f"replaces {dotted}")
+                elif dotted == "__builtins__":
+                    found.append("replaces __builtins__")
         if isinstance(node, ast.Call):
             name = _dotted(node.func).split(".")[-1]
             if name in ("setattr", "delattr"):  # setattr(self, ...) builds modules; setattr(torch, ...) patches
                 first = _dotted(node.args[0]).split(".")[0] if node.args else ""
-                if first in PROTECTED_ROOTS:
+                if first in roots:
                     found.append(f"calls {name} on {_dotted(node.args[0])}")
             elif name in FORBIDDEN_CALLS:
                 found.append(f"calls {_dotted(node.func)}")
@@ -139,6 +159,7 @@ def _patches(tree: ast.AST) -> list[str]:
 def audit_cells(nb) -> Audit:
     """Findings in the cells a student can edit (answer cells and cells without a grading role)."""
     audit = Audit()
+    roots = module_names(nb)
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code" or cell_kind(cell) not in ("answer", "free"):
             continue
@@ -149,10 +170,10 @@ def audit_cells(nb) -> Audit:
             tree = ast.parse(source)
         except SyntaxError:
             continue  # it fails when it runs, like any syntax error
-        for what in dict.fromkeys(_patches(tree)):
+        for what in dict.fromkeys(_patches(tree, roots)):
             audit.findings.append(Finding(where, None, f"{where} {what} (test machinery): every question scores 0",
                                           patches=True))
-        question = test_id_for(gid)
+        question = graded_cell_of(gid)
         for what in dict.fromkeys(_delegations(tree)):
             target = f"{question} scores 0" if question else "flagged for review"
             audit.findings.append(Finding(where, question, f"{where} {what} (the reference it should re-implement): "

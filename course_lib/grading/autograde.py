@@ -26,6 +26,7 @@ from .record import GradeRecord, Status
 from .sandbox import (DEFAULT_CPU_SECONDS, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB,
                       DEFAULT_SANDBOX, SANDBOX_MODES, SandboxUnavailable, check_sandbox)
 from .audit import audit_cells
+from .verdicts import calls_for, judge, new_seed, probe_cell, take_probe_output
 from .submission import (UnreadableSubmission, cell_kind, grade_id, match_stripped_cells, read_submission,
                          restore_cells)
 
@@ -51,6 +52,7 @@ class GradingOptions:
     max_processes: int = DEFAULT_MAX_PROCESSES
     max_file_mb: int = DEFAULT_MAX_FILE_MB
     max_output_kb: int = 1024
+    probe_seed: int = 0  # inputs of the grader's own checks; 0: a fresh random seed per submission
 
     def __post_init__(self) -> None:
         for name in ("timeout", "setup_timeout", "memory_mb", "cpu_seconds", "max_processes", "max_file_mb",
@@ -133,12 +135,15 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
         shutil.copytree(template, root, dirs_exist_ok=True)
         release = nbformat.read(root / "release" / assignment / f"{assignment}.ipynb", as_version=4)
         notes = []
-        matched = match_stripped_cells(submitted, release)
+        matched = match_stripped_cells(submitted, release, source)
         if matched:
             notes.append((Status.METADATA_MISSING, f"the grading metadata of {matched} cells was missing: "
                                                    "they were matched by content and graded"))
         notes += [(Status.TAMPERED, problem) for problem in restore_cells(submitted, release, source).problems]
         audit = audit_cells(submitted)
+        calls = calls_for(assignment, options.probe_seed or new_seed())
+        if calls:
+            submitted.cells.append(probe_cell(calls))
 
         submitted_path = root / "submitted" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
         submitted_path.parent.mkdir(parents=True)
@@ -149,10 +154,17 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
             return [*notes, (Status.FAILED, f"nbgrader could not grade the notebook: {error}")]
 
         graded_path = root / "autograded" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
-        record.graded_notebook = graded_path.read_text(encoding="utf-8")
+        graded = nbformat.read(graded_path, as_version=4)
+        verdicts = judge(calls, take_probe_output(graded)) if calls else {}
+        record.graded_notebook = nbformat.writes(graded)
         record.log = "\n".join(log[-LOG_TAIL_LINES:])
         record.scores, manual = _scores_from_gradebook(root, assignment, record.max_scores)
 
+    for gid, problem in verdicts.items():
+        if problem and record.scores.get(gid, 0.0) > 0:
+            record.scores[gid] = 0.0
+            notes.append((Status.TAMPERED, f"{gid} passed in the notebook but not the grader's own check "
+                                           f"(scores 0): {problem}"))
     zeroed = audit.zeroed_questions
     for gid in record.scores:
         if zeroed is None or gid in zeroed:
@@ -272,7 +284,10 @@ def _execution_problems(graded: nbformat.NotebookNode, options: GradingOptions) 
                 died += 1
                 notes.append((Status.KILLED, f"the kernel was stopped while running {where}: "
                               f"{output.evalue.split(': ', 1)[-1]}"))
-            elif output.ename == "MemoryError":
+            elif output.ename == "BlockingIOError" or "Resource temporarily unavailable" in str(output.evalue):
+                notes.append((Status.KILLED, f"{where} hit the limit of {options.max_processes} processes "
+                                             "(a fork bomb?)"))
+            elif output.ename == "MemoryError" or "can't allocate memory" in str(output.evalue):
                 notes.append((Status.KILLED, f"{where} ran out of memory (limit {options.memory_mb} MiB)"))
             elif output.ename == NOT_RUN_ERROR:
                 not_run += 1

@@ -110,6 +110,8 @@ def restore_cells(submitted: nbformat.NotebookNode, release: nbformat.NotebookNo
         found = _find(submitted, gid)
         if found is None:
             restored = copy.deepcopy(released)
+            if "id" in restored:  # a fresh id: the released one may already be taken in the submission
+                restored.id = f"restored-{gid}"[:64]
             if kind == "answer":
                 restored.source = MISSING_ANSWER_SOURCE
             submitted.cells.insert(insert_after + 1, restored)
@@ -155,7 +157,8 @@ def _first_code_line(source: str) -> str:
                  if line.strip() and not line.lstrip().startswith("#")), "")
 
 
-def match_stripped_cells(submitted: nbformat.NotebookNode, release: nbformat.NotebookNode) -> int:
+def match_stripped_cells(submitted: nbformat.NotebookNode, release: nbformat.NotebookNode,
+                         source: nbformat.NotebookNode | None = None) -> int:
     """Give back nbgrader metadata the submission lost (an editor that strips it); returns how many cells.
 
     Read-only, test and prose cells are matched by their exact source; an answer cell by its first
@@ -180,8 +183,11 @@ def match_stripped_cells(submitted: nbformat.NotebookNode, release: nbformat.Not
     for released in wanted:  # fixed content first: it anchors where the answers are
         if cell_kind(released) == "answer":
             continue
+        texts = {released.source.strip()}
+        if source is not None:  # the instructor's version (hidden tests included) may be what was submitted
+            texts |= {c.source.strip() for c in source.cells if grade_id(c) == grade_id(released)}
         index = next((i for i in bare if submitted.cells[i].cell_type == released.cell_type
-                      and submitted.cells[i].source.strip() == released.source.strip()), None)
+                      and submitted.cells[i].source.strip() in texts), None)
         if index is not None:
             adopt(index, released)
     order = [grade_id(c) for c in release.cells if grade_id(c)]
