@@ -8,6 +8,11 @@ import nbformat
 from nbclient import NotebookClient
 
 
+#: Environment for notebooks whose figures a test inspects: the inline backend (not the suite's Agg)
+#: makes every figure an image output of its cell.
+INLINE_FIGURES = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+
+
 def execute_notebook(path: Path, timeout: int = 900, env: dict[str, str] | None = None) -> nbformat.NotebookNode:
     """Run every cell of ``path`` in a fresh kernel (working directory: the notebook's folder).
 

@@ -290,23 +290,23 @@ def test_new_statuses_have_a_severity():
 
 # --- the grader's own checks ---------------------------------------------------------------------
 
-def _probe_output(calls, namespace: dict) -> dict | None:
-    """Run the probe cell as the kernel would (here, in-process) and read back what it printed."""
+def _probe_output(calls, namespace: dict) -> dict:
+    """Run the probe cells as the kernel would (here, in-process) and read back what they printed."""
     import contextlib
     import io
 
-    from course_lib.grading.verdicts import probe_cell, take_probe_output
+    from course_lib.grading.verdicts import insert_probe_cells, take_probe_outputs
 
-    cell = probe_cell(calls)
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        exec(cell.source, dict(namespace))  # noqa: S102 - the test plays the student's kernel
     nb = nbformat.v4.new_notebook()
-    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed.getvalue())]
-    nb.cells.append(cell)
-    output = take_probe_output(nb)
-    assert nb.cells == [], "the probe cell must not stay in the graded notebook"
-    return output
+    insert_probe_cells(nb, calls)
+    for cell in nb.cells:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(cell.source, dict(namespace))  # noqa: S102 - the test plays the student's kernel
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed.getvalue())]
+    outputs = take_probe_outputs(nb)
+    assert nb.cells == [], "the probe cells must not stay in the graded notebook"
+    return outputs
 
 
 def _box_area(boxes):
@@ -348,8 +348,9 @@ def test_a_missing_or_forged_result_line_fails_every_probed_question():
     from course_lib.grading.verdicts import RESULT_MARKER, calls_for, judge
 
     calls = calls_for("redteam", 7)
-    assert set(judge(calls, None).values()) == {"the grader's check printed no readable results"}
-    forged = {"device": "cpu", "results": [{"ok": {"int": 0}}] * len(calls)}
+    assert set(judge(calls, {}).values()) == {"the grader's check printed no readable results"}
+    forged = {q: {"device": "cpu", "results": [{"ok": {"int": 0}}] * sum(c.question == q for c in calls)}
+              for q in ("q1_tests", "q2_tests")}
     verdicts = judge(calls, forged)
     assert all(verdicts.values()), verdicts
     assert RESULT_MARKER.endswith(":")
@@ -360,8 +361,8 @@ def test_outputs_must_stay_on_the_input_device():
 
     calls = [c for c in calls_for("redteam", 7) if c.name == "box_area"]
     results = [{"ok": encode(c.expected)} for c in calls]
-    assert judge(calls, {"device": "cpu", "results": results}) == {"q1_tests": None}
-    assert "the input was on cuda" in judge(calls, {"device": "cuda", "results": results})["q1_tests"]
+    assert judge(calls, {"q1_tests": {"device": "cpu", "results": results}}) == {"q1_tests": None}
+    assert "the input was on cuda" in judge(calls, {"q1_tests": {"device": "cuda", "results": results}})["q1_tests"]
 
 
 def test_exercise_1_answers_are_checked_against_torch_and_the_reference():

@@ -1,4 +1,4 @@
-"""Lesson 1 notebook: committed clean, runs headless offline in quick mode, prints the lesson's facts."""
+"""Lesson 1 notebook: runs headless offline in quick mode, prints the lesson's facts."""
 from __future__ import annotations
 
 import re
@@ -8,42 +8,19 @@ import pytest
 import torch
 import torchvision
 
-from notebooks import execute_notebook
+from notebooks import INLINE_FIGURES, cell_outputs_text, execute_notebook
 
 NOTEBOOK = "notebooks/01_blocks_and_resnets.ipynb"
 
 
 @pytest.fixture(scope="module")
 def executed(repo_root):
-    # the inline backend (rather than the test suite's Agg) so that the figures appear as outputs
-    return execute_notebook(repo_root / NOTEBOOK, env={"MPLBACKEND": "module://matplotlib_inline.backend_inline"})
-
-
-def printed_text(nb: nbformat.NotebookNode) -> str:
-    """Everything the cells printed; a cell's stream chunks are joined as they were written."""
-    return "\n".join(
-        "".join(out.get("text", "") for out in cell.get("outputs", []) if out.get("output_type") == "stream")
-        for cell in nb.cells
-    )
+    return execute_notebook(repo_root / NOTEBOOK, env=INLINE_FIGURES)
 
 
 @pytest.fixture(scope="module")
 def text(executed):
-    return printed_text(executed)
-
-
-def test_committed_clean(repo_root):
-    nb = nbformat.read(repo_root / NOTEBOOK, as_version=4)
-    assert set(nb.metadata) == {"kernelspec", "language_info"}
-    assert nb.metadata.language_info == {"name": "python"}
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# Lesson 1")
-    assert "Open In Colab" in nb.cells[0].source
-    assert nb.cells[1].source.startswith("# Colab set-up")
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
-    source = "\n".join(cell.source for cell in nb.cells)
-    assert ".cuda()" not in source and "pretrained=True" not in source
+    return cell_outputs_text(executed)
 
 
 @pytest.mark.notebook
@@ -119,7 +96,7 @@ def test_pretrained_path_with_a_mirror(repo_root, tmp_path):
     path = tmp_path / "section8.ipynb"
     nbformat.write(nb, path)
     env = {"COURSE_WEIGHTS_MIRROR": str(mirror), "TORCH_HOME": str(torch_home)}
-    out = printed_text(execute_notebook(path, env=env))
+    out = cell_outputs_text(execute_notebook(path, env=env))
     assert "loaded ResNet50_Weights.IMAGENET1K_V2 into our ResNet50" in out
     assert "unavailable" not in out
     assert "largest difference between our logits and torchvision's: 0.0e+00" in out

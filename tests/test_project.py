@@ -59,6 +59,16 @@ def test_notebook_is_committed_clean(path):
     assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, sorted(nb["metadata"])
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_notebook_avoids_the_seeds_outdated_idioms(path):
+    """CPU and GPU alike (no .cuda()), torchvision's weights= API (ERRATA 000-7, 000-8), modern PyTorch."""
+    nb = json.loads(path.read_text())
+    source = "\n".join("".join(cell["source"]) for cell in nb["cells"] if cell["cell_type"] == "code")
+    for idiom in (".cuda()", "pretrained=True", "size_average=", "Variable("):
+        assert idiom not in source, f"{idiom} in a code cell"
+    assert nb["cells"][0]["cell_type"] == "markdown" and "".join(nb["cells"][0]["source"]).startswith("# ")
+
+
 def test_notebooks_and_readme_carry_the_configured_colab_cells():
     drifted = colab.check_or_fix(NOTEBOOKS, ROOT, fix=False)
     assert drifted == [], f"run `course notebooks --fix`: {drifted}"

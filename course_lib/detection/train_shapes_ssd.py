@@ -100,7 +100,7 @@ def train_shapes_ssd(recipe: ShapesRecipe = ShapesRecipe(), progress: bool = Tru
 
     history = fit(model, batches, loss,
                   steps=recipe.steps, lr=recipe.lr, progress=progress,
-                  description=f"SSD, {recipe.classification} loss")
+                  description=f"SSD, {recipe.classification} loss", channels_last=True)
     timings["train_seconds"] = history.seconds
 
     start = time.perf_counter()

@@ -26,7 +26,7 @@ from .record import GradeRecord, Status
 from .sandbox import (DEFAULT_CPU_SECONDS, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB,
                       DEFAULT_SANDBOX, SANDBOX_MODES, SandboxUnavailable, check_sandbox)
 from .audit import audit_cells
-from .verdicts import calls_for, judge, new_seed, probe_cell, take_probe_output
+from .verdicts import calls_for, insert_probe_cells, judge, new_seed, take_probe_outputs
 from .submission import (UnreadableSubmission, cell_kind, grade_id, match_stripped_cells, read_submission,
                          restore_cells)
 
@@ -142,8 +142,7 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
         notes += [(Status.TAMPERED, problem) for problem in restore_cells(submitted, release, source).problems]
         audit = audit_cells(submitted)
         calls = calls_for(assignment, options.probe_seed or new_seed())
-        if calls:
-            submitted.cells.append(probe_cell(calls))
+        insert_probe_cells(submitted, calls)
 
         submitted_path = root / "submitted" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
         submitted_path.parent.mkdir(parents=True)
@@ -155,7 +154,7 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
 
         graded_path = root / "autograded" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
         graded = nbformat.read(graded_path, as_version=4)
-        verdicts = judge(calls, take_probe_output(graded)) if calls else {}
+        verdicts = judge(calls, take_probe_outputs(graded))
         record.graded_notebook = nbformat.writes(graded)
         record.log = "\n".join(log[-LOG_TAIL_LINES:])
         record.scores, manual = _scores_from_gradebook(root, assignment, record.max_scores)

@@ -31,6 +31,8 @@ from .record import GradeRecord, Status
 #: How many times a submission is sent to a fresh pool after its worker process died.
 POOL_RETRIES = 1
 SKIPPED_FOLDERS = (".ipynb_checkpoints", "__pycache__")
+#: Bytes of the grading process's and its kernels' output kept in a record's log (the end of it).
+PROCESS_OUTPUT_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,14 @@ def _missing_notebook_record(task: SubmissionTask, source: Assignment) -> GradeR
     return _record_without_kernel(task, source, Status.MISSING, f"no {task.notebook_path.name} in the submission{others}")
 
 
+def _tail(handle, limit: int) -> str:
+    """The last ``limit`` bytes of a file (a kernel may write to its stderr without end), as text."""
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(max(0, size - limit))
+    text = handle.read().decode("utf-8", "replace")
+    return f"[... {size - limit} bytes cut ...]\n{text}" if size > limit else text
+
+
 @contextlib.contextmanager
 def _captured_process_output() -> Iterator[Callable[[], str]]:
     """Send this process's stdout/stderr (and its kernels', which inherit them) to a temporary file."""
@@ -126,7 +136,7 @@ def _captured_process_output() -> Iterator[Callable[[], str]]:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
+            yield lambda: _tail(sink, PROCESS_OUTPUT_CHARS)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -5,8 +5,8 @@ the traceback display), so a test that passes there proves little. For the quest
 `PROBES`, the grader also:
 
 1. draws fresh inputs from a seed chosen for this grading (not written anywhere a student sees);
-2. appends one cell to the notebook that calls the student's functions on them and prints the
-   results as plain tagged JSON (ints, floats, strings, tuples, dicts, tensors with their dtype,
+2. puts a cell right after each such question's test cell that calls the student's functions on
+   them and prints the results as plain tagged JSON (ints, floats, strings, tuples, dicts, tensors with their dtype,
    shape, device and values; never pickle);
 3. after the run, reads that output and compares it in its own process with the reference it
    computed: types, shapes, dtypes, devices and values are checked from the data.
@@ -108,7 +108,7 @@ def _course_grader_probe(calls_json):
             continue
         try:
             results.append({"ok": encode(function(*[decode(a) for a in args]))})
-        except BaseException as error:
+        except Exception as error:  # an interrupt (time limit) must stop the cell, not be recorded
             results.append({"error": (type(error).__name__ + ": " + str(error))[:%d]})
     print("%s" + json.dumps({"device": device.type, "results": results}))
 _course_grader_probe(%s)
@@ -117,24 +117,50 @@ del _course_grader_probe
 
 
 def probe_cell(calls: list[Call]) -> nbformat.NotebookNode:
-    """The cell the grader appends to a submission: it runs ``calls`` and prints their results."""
+    """A cell that runs ``calls`` (all of one question) in the kernel and prints their results."""
     payload = json.dumps([[call.name, [encode(a) for a in call.args]] for call in calls])
     source = ("# The grader's own check: your functions on new inputs (compared with the reference outside).\n"
               + _KERNEL_CODE.replace("{calls}", repr(payload)))
     cell = nbformat.v4.new_code_cell(source)
-    cell.id = PROBE_CELL_ID
+    cell.id = f"{PROBE_CELL_ID}-{calls[0].question}"[:64]
     return cell
 
 
-def take_probe_output(nb: nbformat.NotebookNode) -> dict | None:
-    """Remove the probe cell from the executed notebook; return what it printed (None if nothing readable).
+def _by_question(calls: list[Call]) -> dict[str, list[Call]]:
+    grouped: dict[str, list[Call]] = {}
+    for call in calls:
+        grouped.setdefault(call.question, []).append(call)
+    return grouped
 
-    ``{"device": "cpu", "results": [...]}``: the device the inputs were put on, one result per call.
+
+def insert_probe_cells(nb: nbformat.NotebookNode, calls: list[Call]) -> None:
+    """Put each question's probe right after its test cell, before any later code of the student runs."""
+    from .submission import grade_id
+
+    for question, group in _by_question(calls).items():
+        index = next((i for i in reversed(range(len(nb.cells))) if grade_id(nb.cells[i]) == question), None)
+        nb.cells.insert(len(nb.cells) if index is None else index + 1, probe_cell(group))
+
+
+def take_probe_outputs(nb: nbformat.NotebookNode) -> dict[str, dict | None]:
+    """Remove the probe cells from the executed notebook; return what each printed, by question.
+
+    A value is ``{"device": "cpu", "results": [...]}`` (the device the inputs were put on, one result
+    per call), or None when the cell printed nothing readable (it did not run, or its output was forged).
     """
-    index = next((i for i, c in enumerate(nb.cells) if c.get("id") == PROBE_CELL_ID), None)
-    if index is None:
-        return None
-    cell = nb.cells.pop(index)
+    outputs: dict[str, dict | None] = {}
+    kept = []
+    for cell in nb.cells:
+        cell_id = str(cell.get("id", ""))
+        if not cell_id.startswith(PROBE_CELL_ID + "-"):
+            kept.append(cell)
+            continue
+        outputs[cell_id[len(PROBE_CELL_ID) + 1:]] = _read_results(cell)
+    nb.cells = kept
+    return outputs
+
+
+def _read_results(cell) -> dict | None:
     text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
     line = next((ln for ln in reversed(text.splitlines()) if ln.startswith(RESULT_MARKER)), None)
     if line is None:
@@ -230,26 +256,30 @@ def _tensor_difference(got: dict, want: dict, input_device: str) -> str | None:
     return None
 
 
-def judge(calls: list[Call], output: dict | None) -> dict[str, str | None]:
+def judge(calls: list[Call], outputs: dict[str, dict | None]) -> dict[str, str | None]:
     """Per question: None when every call matched the reference, else the first problem (one line)."""
-    verdicts: dict[str, str | None] = {call.question: None for call in calls}
-    results = output.get("results") if output else None
-    if results is None or len(results) != len(calls):
-        return {question: "the grader's check printed no readable results" for question in verdicts}
-    input_device = str(output.get("device", "cpu"))
-    for call, result in zip(calls, results):
-        if verdicts[call.question] is not None:
+    verdicts: dict[str, str | None] = {}
+    for question, group in _by_question(calls).items():
+        output = outputs.get(question)
+        results = output.get("results") if output else None
+        if results is None or len(results) != len(group):
+            verdicts[question] = "the grader's check printed no readable results"
             continue
+        verdicts[question] = _first_problem(group, results, str(output.get("device", "cpu")))
+    return verdicts
+
+
+def _first_problem(calls: list[Call], results: list, input_device: str) -> str | None:
+    for call, result in zip(calls, results):
         shown = ", ".join(_short(a) for a in call.args)
         if not isinstance(result, dict) or not ({"ok", "error"} & set(result)):
-            verdicts[call.question] = f"{call.name}({shown}): the result could not be read"
-        elif "error" in result:
-            verdicts[call.question] = f"{call.name}({shown}) raised {str(result['error'])[:MAX_ERROR_CHARS]}"
-        else:
-            problem = difference(result["ok"], call.expected, input_device)
-            if problem:
-                verdicts[call.question] = f"{call.name}({shown}): {problem}"
-    return verdicts
+            return f"{call.name}({shown}): the result could not be read"
+        if "error" in result:
+            return f"{call.name}({shown}) raised {str(result['error'])[:MAX_ERROR_CHARS]}"
+        problem = difference(result["ok"], call.expected, input_device)
+        if problem:
+            return f"{call.name}({shown}): {problem}"
+    return None
 
 
 def _short(value) -> str:
