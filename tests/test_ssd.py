@@ -345,13 +345,15 @@ def test_fit_learns_a_few_images_and_records_history():
     torch.manual_seed(0)
     data = ShapesDataset("train", num_images=16, image_size=64, seed=3)
     images, targets = data.to_tensors()
-    model = SSD(SSDConfig())
+    model = SSD(SSDConfig(stage_channels=(8, 16, 32), head_channels=32))  # small: a quick test
     batches = DetectionBatches(images, targets, batch_size=16, generator=torch.Generator().manual_seed(0))
-    history = fit(model, batches, lambda m, x, y: m.loss(m(x), y), steps=40, lr=5e-3, progress=False, log_every=5)
+    history = fit(model, batches, lambda m, x, y: m.loss(m(x), y), steps=40, lr=1e-2, progress=False, log_every=5,
+                  channels_last=True)
     assert history.steps == list(range(5, 41, 5)) and len(history.loss) == 8 == len(history.lr)
     assert set(history.parts) == {"localization", "classification"}
     assert history.loss[-1] < 0.5 * history.loss[0]
     assert not model.training and history.seconds > 0
+    assert model.backbone[0][0].weight.is_contiguous()  # back to the default memory format
     with pytest.raises(ValueError, match="steps"):
         fit(model, batches, lambda m, x, y: m.loss(m(x), y), steps=0)
 

@@ -37,8 +37,8 @@ class ShapesRecipe:
     image_size: int = 64
     train_images: int = 4000
     val_images: int = 500
-    steps: int = 2400
-    batch_size: int = 64
+    steps: int = 5000
+    batch_size: int = 32
     lr: float = 4e-3
     classification: str = "focal"
     box_coding: str = "deltas"
