@@ -441,3 +441,21 @@ def test_shipped_shapes_detector_finds_the_shapes():
     detections = model.detect(images, score_threshold=0.05)
     metrics = mean_average_precision(detections, targets)
     assert metrics["map_50"] >= 0.85, metrics
+
+
+def test_training_command_saves_a_loadable_detector_with_its_recipe(tmp_path, capsys):
+    from course_lib.detection.train_shapes_ssd import main
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "tiny.pt"
+    try:
+        main(["--steps", "3", "--train-images", "16", "--val-images", "8", "--threads", "1", "--quiet",
+              "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "| focal, deltas, 3 steps |" in printed and f"saved {out}" in printed
+    model = load_shapes_ssd(path=out)
+    assert model.metadata["recipe"]["steps"] == 3 and model.metadata["command"].endswith(f"--out {out}")
+    assert set(model.metadata["metrics"]) >= {"map", "map_50", "recall[0,16)", "train_seconds"}
+    assert len(model.metadata["loss_history"]["loss"]) == 1

@@ -9,7 +9,7 @@ The loop is plain PyTorch (what fastai's ``learn.fit`` did for the original less
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +120,7 @@ def _split_loss(value: Any) -> tuple[torch.Tensor, dict[str, float]]:
 
 def fit(
     model: nn.Module,
-    batches: Iterator | Any,
+    batches: Iterable[tuple[torch.Tensor, list[dict[str, torch.Tensor]]]],
     loss_fn: Callable[[nn.Module, torch.Tensor, list[dict[str, torch.Tensor]]], Any],
     *,
     steps: int,
