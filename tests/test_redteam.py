@@ -159,6 +159,14 @@ def _sandbox_processes() -> list[str]:
     return left
 
 
+def _wait_for_no_sandbox_processes(seconds: float = 20.0) -> list[str]:
+    """Sandboxed processes still alive after ``seconds`` (killed process trees take a moment to be reaped)."""
+    deadline = time.monotonic() + seconds
+    while (left := _sandbox_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     problem = bwrap_problem()
@@ -318,7 +326,7 @@ def test_a_fork_bomb_is_bounded_and_leaves_no_process_behind(graded):
     assert record.status != "graded" or record.scores["q1_tests"] == 0.0
     assert record.scores["q1_tests"] == 0.0
     assert record.message
-    assert _sandbox_processes() == []
+    assert _wait_for_no_sandbox_processes() == []
 
 
 def test_a_300_mb_print_is_cut_and_still_graded(graded):
