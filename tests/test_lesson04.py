@@ -67,7 +67,7 @@ def test_shapes_and_the_loss_by_hand(text):
     assert "189 anchors = (16 + 4 + 1) cells x 9" in text
     assert "the largest box tanh can reach from this anchor: tensor([[0.3125, 0.3125, 0.6875, 0.6875]])" in text
     assert "course_lib focal_loss vs torchvision.ops.sigmoid_focal_loss: difference 0.0e+00" in text
-    assert "p_t =  0.9: cross-entropy 0.1054, focal (γ = 2, no α) 0.001054, 100.00 times smaller" in text
+    assert "p_t =  0.9: cross-entropy 0.1054, focal (γ = 2, no α) 0.001054, 100.0 times smaller" in text
 
 
 @pytest.mark.notebook
