@@ -128,6 +128,8 @@ for outside in ({str(ROOT / "pwned.txt")!r}, "/usr/pwned.txt", "/pwned.txt"):
         "deleted_tests": deleted,
         "stripped_metadata": stripped,
         "infinite_loop": _with(q1_answer="while True:\n    pass\n"),
+        "ignores_interrupt": _with(q1_answer="import time\nwhile True:\n    try:\n        time.sleep(0.1)\n"
+                                             "    except KeyboardInterrupt:\n        pass\n"),
         "memory_bomb": _with(q1_answer="hoard = bytearray(64 * 1024 ** 3)\n"),
         "fork_bomb": _with(q1_answer="import os\nwhile True:\n    os.fork()\n"),
         "big_print": _with(q1_answer="for _ in range(300):\n    print('x' * 1_000_000, flush=True)\n"
@@ -312,6 +314,14 @@ def test_an_infinite_loop_times_out_naming_its_cell(graded):
     assert record.status == "timeout"
     assert "q1_answer" in record.message and f"{CELL_TIMEOUT_S} s" in record.message
     assert record.scores == {"q1_tests": 0.0, "q2_tests": 1.0}
+
+
+def test_an_answer_that_swallows_the_interrupt_is_stopped_and_still_a_timeout(graded):
+    record = _record(graded, "ignores_interrupt")
+    assert record.status == "timeout", record.message
+    assert "q1_answer" in record.message and "kernel was stopped" in record.message
+    assert "later cells were not run" in record.message
+    assert record.total == 0.0
 
 
 def test_a_memory_bomb_is_stopped_by_the_memory_limit(graded):

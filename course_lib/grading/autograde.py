@@ -21,7 +21,8 @@ from pathlib import Path
 import nbformat
 
 from .coursedir import Assignment, NbgraderError, db_url, generate_assignment, run_converter
-from .preprocessors import KERNEL_DIED_ERROR, KILLED_ERROR, NOT_RUN_ERROR, TIMEOUT_ERROR, CellTimeouts
+from .preprocessors import (KERNEL_DIED_ERROR, KILLED_ERROR, NOT_RUN_ERROR, STOPPED_AT_TIME_LIMIT, TIMEOUT_ERROR,
+                            CellTimeouts)
 from .record import GradeRecord, Status
 from .sandbox import (DEFAULT_CPU_SECONDS, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB,
                       DEFAULT_SANDBOX, SANDBOX_MODES, SandboxUnavailable, check_sandbox)
@@ -29,6 +30,7 @@ from .audit import audit_cells
 from .verdicts import calls_for, insert_probe_cells, judge, new_seed, take_probe_outputs
 from .submission import (UnreadableSubmission, cell_kind, grade_id, match_stripped_cells, read_submission,
                          restore_cells)
+from .warm import prestart_kernel_factory
 
 #: Student id used inside the temporary course folder (the real id only goes into the record).
 SCRATCH_STUDENT = "student"
@@ -41,7 +43,8 @@ class GradingOptions:
     """How a student's kernel runs.
 
     Time limits (seconds) of one cell: read-only set-up cells, and all the others; the sandbox mode
-    (`sandbox.SANDBOX_MODES`) and the kernel's resource limits; output kept per cell (KiB).
+    (`sandbox.SANDBOX_MODES`) and the kernel's resource limits; output kept per cell (KiB); whether
+    kernels are forked from a warm kernel factory (`warm`) or started from scratch.
     """
 
     timeout: int = 120
@@ -53,6 +56,13 @@ class GradingOptions:
     max_file_mb: int = DEFAULT_MAX_FILE_MB
     max_output_kb: int = 1024
     probe_seed: int = 0  # inputs of the grader's own checks; 0: a fresh random seed per submission
+    warm_kernels: bool = True
+
+    @property
+    def limits(self):
+        from .sandbox import Limits
+
+        return Limits(self.memory_mb, self.cpu_seconds, self.max_processes, self.max_file_mb)
 
     def __post_init__(self) -> None:
         for name in ("timeout", "setup_timeout", "memory_mb", "cpu_seconds", "max_processes", "max_file_mb",
@@ -124,6 +134,8 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
         check_sandbox(options.sandbox)
     except SandboxUnavailable as error:
         return [(Status.ERROR, str(error))]
+    if options.warm_kernels:
+        prestart_kernel_factory(options.sandbox, options.limits)  # its imports overlap with nbgrader's set-up
     try:
         template = _assignment_template(record.assignment, source_notebook)
     except NbgraderError as error:
@@ -150,6 +162,7 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
         try:
             log = _autograde(root, assignment, options)
         except NbgraderError as error:
+            record.log = "\n".join(error.log[-LOG_TAIL_LINES:])
             return [*notes, (Status.FAILED, f"nbgrader could not grade the notebook: {error}")]
 
         graded_path = root / "autograded" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
@@ -224,6 +237,7 @@ def _autograde(root: Path, assignment: str, options: GradingOptions) -> list[str
         "GuardedExecute.setup_timeout": options.setup_timeout,
         "GuardedExecute.max_output_kb": options.max_output_kb,
         "SandboxedKernelManager.sandbox": options.sandbox,
+        "SandboxedKernelManager.warm": options.warm_kernels,
         "SandboxedKernelManager.memory_mb": options.memory_mb,
         "SandboxedKernelManager.cpu_seconds": options.cpu_seconds,
         "SandboxedKernelManager.max_processes": options.max_processes,
@@ -263,6 +277,7 @@ def _execution_problems(graded: nbformat.NotebookNode, options: GradingOptions) 
     limits = CellTimeouts(options.timeout, options.setup_timeout)
     notes: list[tuple[str, str]] = []
     died = not_run = 0
+    timed_out_and_stopped = False
     # Read-only cells before the first answer only set up (imports, data): if one of them fails,
     # the grading environment is at fault, not the student.
     first_answer = next((i for i, c in enumerate(graded.cells) if cell_kind(c) == "answer"), len(graded.cells))
@@ -274,7 +289,10 @@ def _execution_problems(graded: nbformat.NotebookNode, options: GradingOptions) 
                 continue
             where = describe_cell(index, cell)
             if output.ename == TIMEOUT_ERROR:
-                notes.append((Status.TIMEOUT, f"{where} ran past its {limits(cell)} s time limit and was interrupted"))
+                stopped = STOPPED_AT_TIME_LIMIT in str(output.evalue)
+                timed_out_and_stopped = timed_out_and_stopped or stopped
+                notes.append((Status.TIMEOUT, f"{where} ran past its {limits(cell)} s time limit"
+                                              + (f"; {STOPPED_AT_TIME_LIMIT}" if stopped else " and was interrupted")))
             elif output.ename == KERNEL_DIED_ERROR:
                 died += 1
                 notes.append((Status.KERNEL_DIED, f"the kernel died while running {where}"
@@ -293,7 +311,9 @@ def _execution_problems(graded: nbformat.NotebookNode, options: GradingOptions) 
             elif cell_kind(cell) == "readonly" and index < first_answer:
                 notes.append((Status.ERROR, f"read-only {where} raised {output.ename}: {output.evalue} "
                                             "(check the grading environment)"))
-    if not_run:
+    if not_run and timed_out_and_stopped:
+        notes.append((Status.TIMEOUT, f"{not_run} later cells were not run"))
+    elif not_run:
         if not died:
             notes.append((Status.KERNEL_DIED, "the kernel died before running the first cell"))
         notes.append((Status.KERNEL_DIED, f"{not_run} later cells were not run"))

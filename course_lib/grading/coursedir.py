@@ -49,7 +49,11 @@ class CourseError(Exception):
 
 
 class NbgraderError(CourseError):
-    """An nbgrader step failed; the message is nbgrader's own last error line."""
+    """An nbgrader step failed; the message is nbgrader's own last error line, ``log`` its whole log."""
+
+    def __init__(self, message: str, log: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.log = log or []
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def run_converter(converter_class, root: Path, assignment: str, student: str = "
     except NbGraderException as error:
         details = [e for e in handler.errors if not e.startswith("Please see")]
         reason = next((e.strip().splitlines()[-1] for e in reversed(details) if e.strip()), str(error))
-        raise NbgraderError(reason) from error
+        raise NbgraderError(reason, handler.lines) from error
     return handler.lines
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from nbclient.exceptions import DeadKernelError
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer
@@ -27,6 +27,8 @@ TIMEOUT_ERROR = "CellTimeoutError"  # nbgrader's own name for a cell that ran pa
 KERNEL_DIED_ERROR = "DeadKernelError"
 KILLED_ERROR = "KernelKilledByLimit"  # the kernel died from a resource limit (memory, CPU time, file size)
 NOT_RUN_ERROR = "CellNotRun"
+#: How a timed-out cell's error says the kernel ignored the interrupt and was stopped.
+STOPPED_AT_TIME_LIMIT = "it ignored the interrupt, so the kernel was stopped"
 
 #: A warning as Python prints it ("file.py:12: UserWarning: text"), or as torch's C++ code does ("[W ...] text").
 _WARNING_LINE = re.compile(r"^(?:.*:\d+: [A-Za-z_][\w.]*Warning: |\[W[^\]]*\] |[A-Za-z_][\w.]*Warning: )")
@@ -78,6 +80,14 @@ class CellTimeouts:
         return self.setup if cell_kind(cell) == "readonly" else self.answer
 
 
+class _KernelStuck(Exception):
+    """A cell ran past its time limit and the kernel did not answer the interrupt."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
 def error_output(ename: str, evalue: str) -> NotebookNode:
     return NotebookNode(output_type="error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
 
@@ -100,7 +110,13 @@ class GuardedExecute(Execute):
     def preprocess_cell(self, cell, resources, index):
         self._running_index = index
         self._output_bytes = self._dropped_bytes = 0
-        cell, resources = super().preprocess_cell(cell, resources, index)
+        try:
+            cell, resources = super().preprocess_cell(cell, resources, index)
+        except CellTimeoutError as error:
+            # The interrupt at the time limit was caught or ignored (the kernel is still busy):
+            # waiting on would cost every later cell its full time limit. Stop the kernel.
+            self.shutdown_kernel = "immediate"
+            raise _KernelStuck(index) from error
         if self._dropped_bytes:
             cell.outputs.append(NotebookNode(output_type="stream", name="stdout", text=(
                 f"\n[{self._dropped_bytes / 1024:.0f} KiB more output were dropped: "
@@ -127,6 +143,15 @@ class GuardedExecute(Execute):
         self.timeout_func = CellTimeouts(answer=self.timeout, setup=self.setup_timeout)
         try:
             return super().preprocess(nb, resources, km)
+        except _KernelStuck as stuck:
+            limit = self.timeout_func(nb.cells[stuck.index])
+            nb.cells[stuck.index].outputs.append(error_output(
+                TIMEOUT_ERROR, f"the cell ran past its {limit} s time limit and {STOPPED_AT_TIME_LIMIT}"))
+            for cell in nb.cells[stuck.index + 1:]:
+                if cell.cell_type == "code":
+                    cell.outputs = [error_output(NOT_RUN_ERROR, "not run: the kernel was stopped at an earlier "
+                                                                "cell's time limit")]
+            return nb, resources
         except DeadKernelError:
             died_at = self._running_index
             exit_code = getattr(self._kernel_manager, "exit_code", None)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
-from traitlets import Integer, Unicode
+from traitlets import Bool, Integer, Unicode
 
 #: How strictly student kernels are isolated.
 SANDBOX_MODES = ("required", "rlimits", "off")
@@ -104,7 +104,7 @@ class Limits:
         ]
 
 
-def _running_as_root() -> bool:
+def running_as_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -143,7 +143,7 @@ def check_sandbox(mode: str) -> str | None:
 
 
 def _namespace_args() -> list[str]:
-    if _running_as_root():  # privileged bwrap; the uid is dropped inside by setpriv
+    if running_as_root():  # privileged bwrap; the uid is dropped inside by setpriv
         return ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
     return ["--unshare-all", "--unshare-user", "--disable-userns"]
 
@@ -151,6 +151,23 @@ def _namespace_args() -> list[str]:
 def sandbox_uid() -> int:
     """The uid a root grader gives its kernels: one per grading process, so RLIMIT_NPROC is per kernel."""
     return SANDBOX_UID_BASE + os.getpid() % SANDBOX_UID_SPAN
+
+
+SCRATCH_PREFIX = "course-sandbox-"
+
+
+def scratch_prefix() -> str:
+    """Prefix of this process's scratch folders: the pid lets a later run remove what a killed one left."""
+    return f"{SCRATCH_PREFIX}{os.getpid()}-"
+
+
+def remove_stale_scratch() -> None:
+    """Remove scratch folders of grading processes that no longer exist (killed before cleaning up)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not Path("/proc/self").exists() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _python_dirs() -> list[str]:
@@ -209,6 +226,12 @@ def prepare_scratch(scratch: Path, uid: int | None) -> None:
         os.chmod(folder, 0o711)
 
 
+def read_only_dirs() -> list[str]:
+    """Folders the kernel sees read-only besides the system: Python, ``course_lib``, pretrained weights."""
+    read_only = [*_python_dirs(), str(_course_package_dir())]
+    return read_only + [os.environ[v] for v in READ_ONLY_ENV_DIRS if os.environ.get(v) and Path(os.environ[v]).is_dir()]
+
+
 def _bwrap_args(scratch: Path, env: dict[str, str]) -> list[str]:
     args = [shutil.which("bwrap") or "bwrap", *_namespace_args(), "--die-with-parent", "--new-session",
             "--clearenv", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
@@ -216,8 +239,7 @@ def _bwrap_args(scratch: Path, env: dict[str, str]) -> list[str]:
         args += ["--ro-bind-try", folder, folder]
     for entry in ETC_ENTRIES:
         args += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
-    read_only = [*_python_dirs(), str(_course_package_dir())]
-    read_only += [os.environ[v] for v in READ_ONLY_ENV_DIRS if os.environ.get(v) and Path(os.environ[v]).is_dir()]
+    read_only = read_only_dirs()
     # bwrap would create the folders above these mount points private to root: make them passable.
     parents = {str(p) for folder in [*read_only, str(scratch)] for p in Path(folder).parents if str(p) != "/"}
     for parent in sorted(parents - set(SYSTEM_DIRS), key=lambda p: (p.count("/"), p)):
@@ -235,12 +257,16 @@ def _bwrap_args(scratch: Path, env: dict[str, str]) -> list[str]:
     return args
 
 
+def _limited(limits: Limits) -> list[str]:
+    extra = 0 if running_as_root() else _processes_of_this_user()
+    return [shutil.which("prlimit") or "prlimit", *limits.prlimit_args(extra), "--"]
+
+
 def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: Limits) -> list[str]:
     """``kernel_cmd`` wrapped in the limits (and, unless ``mode="rlimits"``, the bubblewrap sandbox)."""
     env = kernel_environment(scratch)
-    root = _running_as_root()
-    extra = 0 if root else _processes_of_this_user()
-    command = [shutil.which("prlimit") or "prlimit", *limits.prlimit_args(extra), "--"]
+    root = running_as_root()
+    command = _limited(limits)
     if mode == "required":
         command += _bwrap_args(scratch, env)
         if root:
@@ -255,6 +281,27 @@ def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: L
                         "--inh-caps=-all", "--no-new-privs", "--"]
         return command + kernel_cmd
     return command + ["env", "-i", *[f"{k}={v}" for k, v in sorted(env.items())], *kernel_cmd]
+
+
+def factory_command(scratch: Path, mode: str, limits: Limits, kernel_uid: int | None) -> list[str]:
+    """The command of a `kernel_factory` sandbox whose kernels live in folders under ``scratch``.
+
+    The sandbox is the kernels' (same namespaces, folders and limits). As root, the factory keeps
+    the rights to change uid (each kernel drops to ``kernel_uid``) and to kill what a kernel left.
+    """
+    env = kernel_environment(scratch)
+    factory = [sys.executable, "-m", "course_lib.grading.kernel_factory"]
+    command = _limited(limits)
+    if mode != "required":
+        return command + ["env", "-i", *[f"{k}={v}" for k, v in sorted(env.items())], *factory]
+    command += _bwrap_args(scratch, env)
+    if kernel_uid is not None:
+        command += ["--cap-drop", "ALL", *[arg for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
+                                           for arg in ("--cap-add", cap)]]
+        factory += ["--kernel-uid", str(kernel_uid)]
+    else:
+        command += ["--cap-drop", "ALL"]
+    return command + ["--", *factory, "--private-pid-namespace"]
 
 
 def _processes_of_this_user() -> int:
@@ -286,6 +333,14 @@ def was_killed_by_a_limit(code: int | None) -> bool:
     return code in KILLED_BY
 
 
+def is_kernel_launcher(kernel_cmd: list[str]) -> bool:
+    """Whether ``kernel_cmd`` starts ipykernel with this Python (what a kernel factory can fork instead)."""
+    if len(kernel_cmd) < 3 or kernel_cmd[1:3] != ["-m", "ipykernel_launcher"]:
+        return False
+    python = kernel_cmd[0]
+    return python in ("python", "python3") or Path(python).resolve() == Path(sys.executable).resolve()
+
+
 class SandboxedKernelManager(AsyncKernelManager):
     """A kernel manager whose kernels run in the sandbox (see the module's docstring).
 
@@ -294,6 +349,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     """
 
     sandbox = Unicode(DEFAULT_SANDBOX, help="required, rlimits or off").tag(config=True)
+    warm = Bool(True, help="Fork kernels from a kernel factory with torch already imported").tag(config=True)
     memory_mb = Integer(DEFAULT_MEMORY_MB).tag(config=True)
     cpu_seconds = Integer(DEFAULT_CPU_SECONDS).tag(config=True)
     max_processes = Integer(DEFAULT_MAX_PROCESSES).tag(config=True)
@@ -303,6 +359,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._scratch: Path | None = None
+        self._factory = None
         self.exit_code: int | None = None
 
     @property
@@ -313,8 +370,16 @@ class SandboxedKernelManager(AsyncKernelManager):
         check_sandbox(self.sandbox)
         if self.sandbox == "off":
             return await super()._async_pre_start_kernel(**kw)
-        self._scratch = Path(tempfile.mkdtemp(prefix="course-sandbox-"))
-        uid = sandbox_uid() if _running_as_root() and self.sandbox == "required" else None
+        if self.warm and is_kernel_launcher(self.kernel_spec.argv):
+            from .warm import kernel_factory
+
+            self._factory = kernel_factory(self.sandbox, self.limits)
+            self._scratch = self._factory.new_kernel_dir()
+            uid = self._factory.kernel_uid
+        else:
+            remove_stale_scratch()
+            self._scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix()))
+            uid = sandbox_uid() if running_as_root() and self.sandbox == "required" else None
         prepare_scratch(self._scratch, uid)
         self.transport = "ipc"
         self.ip = str(self._scratch / "kernel-ipc")
@@ -325,7 +390,18 @@ class SandboxedKernelManager(AsyncKernelManager):
             os.chown(self.connection_file, uid, uid)
         kw["cwd"] = str(self._scratch / "work")
         kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        if self._factory is not None:
+            return kernel_cmd, kw
         return sandboxed_command(kernel_cmd, self._scratch, self.sandbox, self.limits), kw
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
+        if self._factory is None:
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+        provisioner = self.provisioner
+        provisioner.process = self._factory.start_kernel(kernel_cmd[3:], self._scratch)
+        provisioner.pid = provisioner.pgid = None  # nothing to signal out here: the factory does it
+        provisioner.cwd = kw.get("cwd")
+        self._reconcile_connection_info(provisioner.connection_info)
 
     def _remember_exit_code(self) -> None:
         process = getattr(self.provisioner, "process", None)
@@ -345,11 +421,16 @@ class SandboxedKernelManager(AsyncKernelManager):
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         self._remember_exit_code()
         await super()._async_cleanup_resources(restart=restart)
+        if self._factory is not None and self._scratch is not None and not restart:
+            from .warm import pass_on_kernel_output
+
+            pass_on_kernel_output(self._scratch)
         if self._scratch is not None and not restart:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
     # AsyncKernelManager binds its public names to the base class's coroutines: point them at ours.
     is_alive = _async_is_alive
+    _launch_kernel = _async_launch_kernel
     _kill_kernel = _async_kill_kernel
     cleanup_resources = _async_cleanup_resources

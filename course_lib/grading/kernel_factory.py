@@ -1,0 +1,199 @@
+"""The kernel factory: a process inside the sandbox that forks student kernels ready to run.
+
+Starting a kernel for each submission costs seconds, most of them ``import torch``. The factory
+imports the heavy libraries once; for each submission it forks a child that becomes that
+student's kernel. The child starts with torch already in memory (shared copy-on-write) and with
+nothing of any other student: the factory never runs student code itself.
+
+Between two kernels the factory kills every process left in its sandbox and empties the shared
+temporary folders, so nothing a kernel leaves behind reaches the next one. When the grader runs
+as root, the factory keeps only the rights to change uid and to kill; each kernel drops to the
+grading uid before it runs, so it can neither signal nor inspect the factory.
+
+Protocol, one JSON object per line. The grader writes ``{"start": ID, "argv": [...], "env": {...},
+"cwd": PATH, "output": FILE}``; the factory answers ``{"ready": SECONDS}`` once after preloading, then
+``{"started": ID}`` and ``{"exited": ID, "code": CODE}`` (128 + N when signal N ended it).
+
+    python -m course_lib.grading.kernel_factory [--kernel-uid UID] [--private-pid-namespace]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import json
+import os
+import select
+import shutil
+import signal
+import sys
+import time
+import traceback
+
+#: Imported once by the factory, so kernels start with them (and their import cost) already paid.
+PRELOADED = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torchvision", "matplotlib", "matplotlib.pyplot",
+             "IPython", "ipykernel.kernelapp", "ipykernel.ipkernel", "matplotlib_inline.backend_inline",
+             "course_lib", "course_lib.checks", "course_lib.models", "course_lib.detection")
+#: Writable folders every kernel of the sandbox shares: emptied after each kernel.
+SHARED_TEMP_DIRS = ("/tmp", "/dev/shm", "/run")
+POLL_SECONDS = 0.02
+PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
+
+
+def preload() -> None:
+    # A kernel would set this before anything imports matplotlib (ipykernel's kernelapp does).
+    if not os.environ.get("MPLBACKEND"):
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    for name in PRELOADED:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # the kernel will import it (and report the error) itself
+            print(f"kernel factory: could not preload {name}: {error}", file=sys.stderr)
+
+
+def become_kernel(request: dict, kernel_uid: int | None) -> None:
+    """In the forked child: leave the factory behind and run ipykernel. Never returns."""
+    code = 1
+    try:
+        os.setsid()  # its own session: the kernel's processes can be killed as one group
+        if kernel_uid is not None:
+            os.setgroups([])
+            os.setresgid(kernel_uid, kernel_uid, kernel_uid)
+            os.setresuid(kernel_uid, kernel_uid, kernel_uid)  # from uid 0 to another: every capability goes
+            _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        # The kernel's own output goes to a file of its folder (the grader keeps its end in the log);
+        # the factory's stdout is the protocol pipe, its stderr is shared by every kernel.
+        output = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.closerange(3, 65536)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        sys.path[0] = os.getcwd()  # where `python -m ipykernel_launcher` started in this folder would look
+        sys.path_importer_cache.clear()
+        sys.argv = list(request["argv"])
+        import random
+        import tempfile
+
+        import numpy
+
+        tempfile.tempdir = None  # read TMPDIR again
+        random.seed()  # every fork starts from the factory's random state: draw a fresh one
+        numpy.random.seed()
+        from ipykernel import kernelapp
+
+        kernelapp.launch_new_instance()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush() if sys.stdout else None
+        sys.stderr.flush() if sys.stderr else None
+        os._exit(code)
+
+
+def exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def shared_temp_entries() -> dict[str, set[str]]:
+    """What the shared temporary folders hold before any kernel ran (the sandbox's own mount points)."""
+    entries = {}
+    for folder in SHARED_TEMP_DIRS:
+        try:
+            entries[folder] = set(os.listdir(folder))
+        except OSError:
+            entries[folder] = set()
+    return entries
+
+
+def sweep(private_pid_namespace: bool, keep: dict[str, set[str]]) -> None:
+    """Kill what a kernel left running and remove what it added to the shared temporary folders."""
+    if private_pid_namespace:  # kill(-1) reaches only this sandbox's processes (never pid 1, never us)
+        for _ in range(200):
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                break
+            time.sleep(0.005)
+    for folder in SHARED_TEMP_DIRS:
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for name in set(entries) - keep.get(folder, set()):
+            path = os.path.join(folder, name)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+            except OSError:
+                pass
+
+
+def say(message: dict) -> None:
+    os.write(1, (json.dumps(message) + "\n").encode())
+
+
+def serve(kernel_uid: int | None, private_pid_namespace: bool) -> None:
+    started = time.monotonic()
+    preload()
+    _prctl(PR_SET_DUMPABLE, 0)  # a kernel of the same uid cannot read or trace the factory's memory
+    keep = shared_temp_entries()
+    say({"ready": round(time.monotonic() - started, 3)})
+    pending = b""
+    running: tuple[str, int] | None = None  # (id, pid) of the kernel alive now
+    while True:
+        if running is not None:
+            done, status = os.waitpid(running[1], os.WNOHANG)
+            if done:
+                sweep(private_pid_namespace, keep)
+                say({"exited": running[0], "code": exit_code(status)})
+                running = None
+        readable, _, _ = select.select([0], [], [], POLL_SECONDS if running else None)
+        if not readable:
+            continue
+        data = os.read(0, 1 << 16)
+        if not data:
+            return  # the grader is gone; the sandbox goes with us
+        pending += data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            request = json.loads(line)
+            if running is not None:
+                say({"refused": request.get("start"), "why": "a kernel is already running"})
+                continue
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                become_kernel(request, kernel_uid)
+            running = (request["start"], pid)
+            say({"started": request["start"]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Fork sandboxed student kernels with libraries preloaded.")
+    parser.add_argument("--kernel-uid", type=int, default=None)
+    parser.add_argument("--private-pid-namespace", action="store_true")
+    args = parser.parse_args()
+    serve(args.kernel_uid, args.private_pid_namespace)
+
+
+if __name__ == "__main__":
+    main()
