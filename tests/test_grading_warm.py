@@ -64,7 +64,16 @@ report = {
     "shared": [name for folder in ("/dev/shm", "/tmp") for name in os.listdir(folder) if "note" in name],
     "random": random.random(),
     "home": os.environ["HOME"],
+    "left_behind": os.path.exists("left-behind.txt"),
 }
+try:
+    report["scratch_listing"] = sorted(os.listdir(os.path.dirname(os.path.dirname(os.getcwd()))))
+except PermissionError:
+    report["scratch_listing"] = "denied"
+report.update({
+    "writable": [p for p in ("/", "/pwned", os.path.dirname(os.path.dirname(os.getcwd())), sys.prefix)
+                 if os.access(p, os.W_OK)],
+})
 try:
     os.kill(os.getppid(), 0)
     report["can_signal_parent"] = True
@@ -78,7 +87,7 @@ def test_kernels_are_forked_with_torch_loaded_from_one_reused_factory():
     second = _report(LOOK_AROUND)
     assert first["torch_loaded"] and second["torch_loaded"]
     assert len(_factories()) == 1, "the second kernel should come from the same factory"
-    assert first["cwd"] != second["cwd"] and first["home"] != second["home"], "each kernel has its own folder"
+    assert first["writable"] == [] and second["writable"] == [], "only the kernel's own folder is writable"
     assert first["random"] != second["random"], "forked kernels must not share the factory's random state"
     if os.geteuid() == 0:
         assert first["uid"] == sandbox_uid()
@@ -107,7 +116,9 @@ report = {"cwd": os.getcwd(), "pids": sorted(int(p) for p in os.listdir("/proc")
     assert len(before["pids"]) >= 4, "the background process should have been running"
     after = _report(LOOK_AROUND)
     assert after["shared"] == []
-    assert not Path(before["cwd"]).exists(), "the previous kernel's folder should be gone"
+    assert after["left_behind"] is False, "the previous kernel's files should be gone"
+    if after["scratch_listing"] != "denied":  # as root the scratch folder cannot even be listed
+        assert set(after["scratch_listing"]) <= {"slot", "factory-home"}, after["scratch_listing"]
     # Only the namespace's init, the factory and this kernel remain (the sleeper was killed).
     assert len(after["pids"]) <= 3, after["pids"]
 

