@@ -371,7 +371,7 @@ def test_exercise_1_answers_are_checked_against_torch_and_the_reference():
     def conv_output_size(size, kernel_size, stride=1, padding=0):
         return (size + 2 * padding - kernel_size) // stride + 1
 
-    calls = calls_for("01_blocks_and_resnets", 11)
+    calls = [c for c in calls_for("01_blocks_and_resnets", 11) if c.name in ("conv_params", "conv_output_size")]
     assert {c.question for c in calls} == {"q1_tests", "q4_tests"}
     output = _probe_output(calls, {"conv_params": _conv_params, "conv_output_size": conv_output_size})
     assert judge(calls, output) == {"q1_tests": None, "q4_tests": None}

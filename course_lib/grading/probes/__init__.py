@@ -1,0 +1,22 @@
+"""The grader's own checks, per assignment: which student functions it calls, on what, expecting what.
+
+Each module here covers one exercise and exposes ``calls(generator) -> list[Call]``: fresh inputs
+drawn from ``generator`` (seeded per grading run) and the reference's answers, computed in the
+grader's process (see `course_lib.grading.verdicts`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import blocks_and_resnets, redteam
+from . import convnext
+from . import ssd, yolo_decoding
+
+#: Assignment name -> function giving its calls from a torch.Generator.
+PROBES: dict[str, Callable] = {
+    "01_blocks_and_resnets": blocks_and_resnets.calls,
+    "02_convnext": convnext.calls,
+    "redteam": redteam.calls,
+    "03_anchors_and_yolo_decoding": yolo_decoding.calls,
+    "04_ssd_matching_and_focal_loss": ssd.calls,
+}
