@@ -152,7 +152,7 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
             notes.append((Status.METADATA_MISSING, f"the grading metadata of {matched} cells was missing: "
                                                    "they were matched by content and graded"))
         notes += [(Status.TAMPERED, problem) for problem in restore_cells(submitted, release, source).problems]
-        audit = audit_cells(submitted)
+        audit = audit_cells(submitted, source)
         calls = calls_for(assignment, options.probe_seed or new_seed())
         insert_probe_cells(submitted, calls)
 
