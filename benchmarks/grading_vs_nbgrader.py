@@ -3,10 +3,11 @@
 Builds a class of COPIES submissions of one assignment (its solution, submitted as it is). First
 plain nbgrader, the way a course without this grader runs it: one `nbgrader autograde <assignment>
 --student <id>` process per student, one after the other, in an nbgrader course folder. Then
-`course grade` (sandboxed kernels, the grader's own checks) with each worker count. Prints seconds
-per submission and the ratios.
+`course grade` (sandboxed kernels, the grader's own checks) with each worker count, its kernels
+forked from a warm kernel factory (the default) and, with ``--cold``, also started from scratch.
+Prints seconds per submission and the ratios.
 
-    python benchmarks/grading_vs_nbgrader.py [--assignment 01_blocks_and_resnets] [--copies 40] [--workers 2]
+    python benchmarks/grading_vs_nbgrader.py [--assignment 01_blocks_and_resnets] [--copies 40] [--workers 2] [--cold]
 """
 from __future__ import annotations
 
@@ -46,11 +47,11 @@ def plain_nbgrader(course_dir: Path, source: Path, students: list[str]) -> float
     return time.perf_counter() - started
 
 
-def course_grade(submitted: Path, course_dir: Path, workers: int) -> float:
+def course_grade(submitted: Path, course_dir: Path, workers: int, cold: bool = False) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "course_lib.grading.cli", "grade", str(submitted), "--course-dir",
-                    str(course_dir), "--workers", str(workers), "--no-progress"], cwd=ROOT, check=True,
-                   capture_output=True, text=True)
+                    str(course_dir), "--workers", str(workers), "--no-progress", *(["--cold-kernels"] if cold else [])],
+                   cwd=ROOT, check=True, capture_output=True, text=True)
     return time.perf_counter() - started
 
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--assignment", default="01_blocks_and_resnets")
     parser.add_argument("--copies", type=int, default=40)
     parser.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1])
+    parser.add_argument("--cold", action="store_true", help="also time kernels started from scratch")
     args = parser.parse_args()
     source = ROOT / "solutions" / f"{args.assignment}.ipynb"
     with tempfile.TemporaryDirectory(prefix="course-bench-") as scratch:
@@ -69,10 +71,13 @@ def main() -> None:
             baseline = plain_nbgrader(nbgrader_dir, source, students)
             print(f"plain nbgrader autograde, serial: {baseline:.1f} s for {args.copies} submissions "
                   f"({baseline / args.copies:.2f} s per submission)")
-            for workers in args.workers:
-                seconds = course_grade(nbgrader_dir / "submitted", scratch / f"grading-{workers}", workers)
-                print(f"course grade --workers {workers}: {seconds:.1f} s ({seconds / args.copies:.2f} s per "
-                      f"submission); {baseline / seconds:.2f}x plain nbgrader's speed")
+            for cold in ([False, True] if args.cold else [False]):
+                for workers in args.workers:
+                    seconds = course_grade(nbgrader_dir / "submitted", scratch / f"grading-{workers}-{cold}", workers,
+                                           cold)
+                    flags = f"--workers {workers}" + (" --cold-kernels" if cold else "")
+                    print(f"course grade {flags}: {seconds:.1f} s ({seconds / args.copies:.2f} s per "
+                          f"submission); {baseline / seconds:.2f}x plain nbgrader's speed", flush=True)
 
 
 if __name__ == "__main__":

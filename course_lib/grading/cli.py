@@ -77,33 +77,76 @@ def _cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_grade(args: argparse.Namespace) -> int:
+def _grading_options(args: argparse.Namespace):
     from .autograde import GradingOptions
-    from .coursedir import find_assignments
-    from .environment import isolated_environment, quiet_libraries
-    from .export import write_grades_csv
-    from .orchestrator import grade_folder
 
+    return GradingOptions(timeout=args.timeout, setup_timeout=args.setup_timeout, sandbox=args.sandbox,
+                          memory_mb=args.memory_mb, cpu_seconds=args.cpu_seconds, max_processes=args.max_processes,
+                          warm_kernels=not args.cold_kernels)
+
+
+def _executor_kind(args: argparse.Namespace) -> str:
+    """``local`` or ``dask``: --scheduler and --gpus-per-task imply Dask; asking for both kinds is an error."""
+    from .coursedir import CourseError
+
+    wants_dask = args.scheduler is not None or args.gpus_per_task > 0
+    if args.executor == "local" and wants_dask:
+        raise CourseError("--scheduler and --gpus-per-task grade on Dask: use --executor dask (or leave it out)")
+    if args.gpus_per_task < 0:
+        raise CourseError(f"--gpus-per-task must be 0 or more, got {args.gpus_per_task}")
+    return args.executor or ("dask" if wants_dask else "local")
+
+
+def _check_local_sandbox(args: argparse.Namespace, command: str) -> bool:
+    """The sandbox where kernels start on this machine (the local pool or a cluster started here)."""
     from .sandbox import SandboxUnavailable, check_sandbox
 
-    root = find_root()
-    course_dir = _course_dir(args, root)
-    options = GradingOptions(timeout=args.timeout, setup_timeout=args.setup_timeout, sandbox=args.sandbox,
-                             memory_mb=args.memory_mb, cpu_seconds=args.cpu_seconds,
-                             max_processes=args.max_processes)
+    if args.scheduler is not None:
+        return True  # remote workers are checked where they run
     try:
         note = check_sandbox(args.sandbox)
     except SandboxUnavailable as error:
-        print(f"course grade: {error}", file=sys.stderr)
-        return 2
+        print(f"course {command}: {error}", file=sys.stderr)
+        return False
     if note:
-        print(f"course grade: {note}", file=sys.stderr)
+        print(f"course {command}: {note}", file=sys.stderr)
+    return True
+
+
+def _cluster(args: argparse.Namespace, kind: str):
+    """The Dask cluster to grade on, or nothing (the local pool)."""
+    import contextlib
+
+    if kind != "dask":
+        return contextlib.nullcontext(None)
+    from .cluster import dask_grading
+
+    return dask_grading(scheduler=args.scheduler, workers=args.workers, gpus_per_task=args.gpus_per_task,
+                        sandbox=args.sandbox)
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from .coursedir import find_assignments
+    from .environment import isolated_environment, quiet_libraries
+    from .export import write_grades_csv
+    from .orchestrator import grade_folder, local_pool
+
+    root = find_root()
+    course_dir = _course_dir(args, root)
+    options = _grading_options(args)
+    kind = _executor_kind(args)
+    if not _check_local_sandbox(args, "grade"):
+        return 2
     solutions = Path(args.solutions).resolve() if args.solutions else root / "solutions"
     sources = {a.name: a for a in find_assignments(solutions)}
     with _jupyter_home(course_dir) as home, isolated_environment(Path(home), root):
         quiet_libraries()
-        run = grade_folder(Path(args.submissions), sources, course_dir, options, workers=args.workers,
-                           regrade=args.regrade, progress=not args.no_progress, only=args.assignments or None)
+        with _cluster(args, kind) as cluster:
+            if cluster is not None:
+                print(f"course grade: grading on {cluster.description}", file=sys.stderr)
+            run = grade_folder(Path(args.submissions), sources, course_dir, options, workers=args.workers,
+                               regrade=args.regrade, progress=not args.no_progress, only=args.assignments or None,
+                               make_executor=cluster.executor if cluster is not None else local_pool)
         csv_path, rows = write_grades_csv(course_dir, Path(args.csv) if args.csv else course_dir / "grades.csv")
     counts = ", ".join(f"{n} {status}" for status, n in sorted(run.counts().items()))
     print(f"graded {len(run.graded)} submissions ({counts or 'none'}); "
@@ -113,6 +156,27 @@ def _cmd_grade(args: argparse.Namespace) -> int:
             print(f"  {record.student}/{record.assignment}: {record.status}: {record.message}")
     print(f"grades of {rows} submissions: {csv_path}")
     return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    """Grade a tiny built-in notebook in a sandboxed kernel and say, in one line per worker, what it computes on."""
+    from .cluster import doctor
+    from .environment import isolated_environment, quiet_libraries
+
+    root = find_root()
+    options = _grading_options(args)
+    kind = _executor_kind(args)
+    if not _check_local_sandbox(args, "doctor"):
+        return 2
+    with _jupyter_home(None) as home, isolated_environment(Path(home), root):
+        quiet_libraries()
+        with _cluster(args, kind) as cluster:
+            if cluster is not None:
+                print(f"course doctor: checking every worker of {cluster.description}", file=sys.stderr)
+            reports = doctor(options, cluster)
+    for report in reports:
+        print(report.line)
+    return 0 if reports and all(report.ok for report in reports) else 1
 
 
 def _cmd_feedback(args: argparse.Namespace) -> int:
@@ -147,9 +211,40 @@ def _add_course_dir(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--course-dir", metavar="DIR", help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_kernel_options(p: argparse.ArgumentParser) -> None:
+    """Time limits and the sandbox of student kernels (`course grade`, `course doctor`)."""
     from .sandbox import DEFAULT_CPU_SECONDS, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB, DEFAULT_SANDBOX, SANDBOX_MODES
 
+    p.add_argument("--timeout", type=int, default=120, metavar="S", help="time limit of each answer/test cell, seconds (default 120)")
+    p.add_argument("--setup-timeout", type=int, default=300, metavar="S",
+                   help="time limit of each read-only set-up cell, seconds (default 300)")
+    p.add_argument("--sandbox", choices=SANDBOX_MODES, default=DEFAULT_SANDBOX,
+                   help="required: run student kernels in bubblewrap with resource limits, refuse if it is missing "
+                        "(default); rlimits: resource limits only; off: no isolation (trusted notebooks only)")
+    p.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, metavar="MB",
+                   help=f"memory limit of a student kernel (default {DEFAULT_MEMORY_MB})")
+    p.add_argument("--cpu-seconds", type=int, default=DEFAULT_CPU_SECONDS, metavar="S",
+                   help=f"CPU time limit of a student kernel, all threads together (default {DEFAULT_CPU_SECONDS})")
+    p.add_argument("--max-processes", type=int, default=DEFAULT_MAX_PROCESSES, metavar="N",
+                   help=f"processes and threads a student kernel may run (default {DEFAULT_MAX_PROCESSES})")
+    p.add_argument("--cold-kernels", action="store_true",
+                   help="start every student kernel from scratch instead of forking it from a warm kernel factory "
+                        "that imported torch once (slower; the isolation is the same)")
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    """Where kernels run: this machine's process pool, or a Dask cluster (with GPU workers)."""
+    p.add_argument("--executor", choices=("local", "dask"), default=None,
+                   help="local: a process pool on this machine (default); dask: a Dask distributed cluster, "
+                        "the one at --scheduler or one started here with --workers processes")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="address of a running Dask scheduler (tcp://HOST:8786); implies --executor dask")
+    p.add_argument("--gpus-per-task", type=int, default=0, metavar="N",
+                   help="GPUs each submission needs: tasks ask Dask for the worker resource GPU=N (workers "
+                        "started with --resources GPU=1); implies --executor dask (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="course", description="Tools for the course 'From CNN blocks to object detectors'.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -174,22 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_course_dir(p, grading_dir)
     p.add_argument("--csv", metavar="PATH", help="grades table to write (default: COURSE_DIR/grades.csv)")
     p.add_argument("--solutions", metavar="DIR", help="folder of the assignments' nbgrader sources (default: solutions/)")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="submissions graded at once, one kernel each (default 1)")
-    p.add_argument("--timeout", type=int, default=120, metavar="S", help="time limit of each answer/test cell, seconds (default 120)")
-    p.add_argument("--setup-timeout", type=int, default=300, metavar="S",
-                   help="time limit of each read-only set-up cell, seconds (default 300)")
-    p.add_argument("--sandbox", choices=SANDBOX_MODES, default=DEFAULT_SANDBOX,
-                   help="required: run student kernels in bubblewrap with resource limits, refuse if it is missing "
-                        "(default); rlimits: resource limits only; off: no isolation (trusted notebooks only)")
-    p.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, metavar="MB",
-                   help=f"memory limit of a student kernel (default {DEFAULT_MEMORY_MB})")
-    p.add_argument("--cpu-seconds", type=int, default=DEFAULT_CPU_SECONDS, metavar="S",
-                   help=f"CPU time limit of a student kernel, all threads together (default {DEFAULT_CPU_SECONDS})")
-    p.add_argument("--max-processes", type=int, default=DEFAULT_MAX_PROCESSES, metavar="N",
-                   help=f"processes and threads a student kernel may run (default {DEFAULT_MAX_PROCESSES})")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="submissions graded at once, one kernel each (default 1); with --executor dask and no "
+                        "--scheduler, the worker processes of the cluster started here")
+    _add_kernel_options(p)
+    _add_executor_options(p)
     p.add_argument("--regrade", action="store_true", help="grade again submissions that were already graded")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_grade)
+
+    p = sub.add_parser("doctor", help="check what a sandboxed student kernel computes on (CPU or GPU), "
+                                      "here or on every worker of a Dask cluster")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="with --executor dask and no --scheduler: worker processes of the cluster started here")
+    _add_kernel_options(p)
+    _add_executor_options(p)
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("feedback", help="per-student feedback pages (HTML) without hidden tests")
     p.add_argument("--assignment", dest="assignments", action="append", metavar="NAME", help="only this assignment (repeatable)")

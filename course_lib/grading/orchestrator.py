@@ -148,12 +148,17 @@ def _captured_process_output() -> Iterator[Callable[[], str]]:
 
 def grade_in_worker(assignment: str, source_path: str, notebook_path: str, student: str,
                     timestamp: str | None, options: GradingOptions) -> GradeRecord:
-    """What a pool worker runs: read the files, grade, keep the process output in the record's log."""
+    """What a pool worker runs: read the files and grade them (`grade_bytes_in_worker`)."""
+    return grade_bytes_in_worker(assignment, Path(source_path).read_bytes(), Path(notebook_path).read_bytes(),
+                                 student, timestamp, options)
+
+
+def grade_bytes_in_worker(assignment: str, source_notebook: bytes, submitted_notebook: bytes, student: str,
+                          timestamp: str | None, options: GradingOptions) -> GradeRecord:
+    """Grade one submission; the output of the grading process and its kernels goes into the record's log."""
     with _captured_process_output() as output:
-        record = grade_submission(
-            assignment, Path(source_path).read_bytes(), Path(notebook_path).read_bytes(),
-            student=student, timestamp=timestamp, options=options,
-        )
+        record = grade_submission(assignment, source_notebook, submitted_notebook, student=student,
+                                  timestamp=timestamp, options=options)
         process_output = output()
     if process_output.strip():
         record.log = f"{record.log}\n--- process output ---\n{process_output}".strip()
