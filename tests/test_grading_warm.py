@@ -192,3 +192,11 @@ def test_scratch_folders_of_dead_grading_processes_are_removed(tmp_path, monkeyp
     remove_stale_scratch()
     assert not stale.exists()
     assert mine.exists() and unrelated.exists()
+
+
+@pytest.mark.parametrize("flags, warm_kernels", [([], True), (["--cold-kernels"], False)])
+def test_course_grade_forks_warm_kernels_unless_told_otherwise(flags, warm_kernels):
+    from course_lib.grading.cli import _grading_options, build_parser
+
+    args = build_parser().parse_args(["grade", "submitted", *flags])
+    assert _grading_options(args).warm_kernels is warm_kernels

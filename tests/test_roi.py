@@ -81,6 +81,50 @@ def test_list_of_boxes_per_image():
     assert torch.equal(roi_pool(features, rois, 3), expected)
 
 
+@pytest.mark.parametrize("output_size", [(7, 7), (2, 5), (1, 1)])
+def test_large_regions_use_every_window_size(output_size):
+    # Regions from 1 cell to the whole map: bins of 1 to 40 cells, table levels 0 to 5.
+    g = torch.Generator().manual_seed(4)
+    features = torch.randn(2, 3, 40, 33, generator=g)
+    rois = random_rois(60, 2, 40, 33, 1.0, 5)
+    rois[:10, 1:] = torch.tensor([-2.0, -3.0, 40.0, 45.0])  # the whole map and more
+    pooled = roi_pool(features, rois, output_size)
+    assert torch.equal(pooled, torchvision.ops.roi_pool(features, rois, output_size, 1.0))
+
+
+def test_channels_last_and_non_contiguous_features():
+    g = torch.Generator().manual_seed(6)
+    features = torch.randn(2, 5, 12, 14, generator=g)
+    rois = random_rois(20, 2, 12, 14, 0.5, 7)
+    expected = torchvision.ops.roi_pool(features, rois, 3, 0.5)
+    assert torch.equal(roi_pool(features.to(memory_format=torch.channels_last), rois, 3, 0.5), expected)
+    wide = torch.randn(2, 5, 12, 28, generator=g)
+    assert torch.equal(roi_pool(wide[..., ::2], rois, 3, 0.5), torchvision.ops.roi_pool(wide[..., ::2], rois, 3, 0.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_minus_infinity_and_huge_negative_values(dtype):
+    # Torchvision's running maximum starts at -FLT_MAX: a bin of -inf (or of doubles below
+    # -FLT_MAX) gives -FLT_MAX, an empty bin 0.
+    features = torch.full((1, 2, 6, 6), float("-inf"), dtype=dtype)
+    features[0, 0, :3] = -1e300 if dtype == torch.float64 else -1.0
+    features[0, 1, 4:, 4:] = 2.5
+    rois = torch.tensor([[0, 0.0, 0.0, 5.0, 5.0], [0, 1.0, 0.0, 3.0, 2.0], [0, 20.0, 20.0, 30.0, 30.0]], dtype=dtype)
+    pooled = roi_pool(features, rois, 3)
+    assert torch.equal(pooled, torchvision.ops.roi_pool(features, rois, 3))
+    assert pooled.min() == -torch.finfo(torch.float32).max
+
+
+def test_regions_off_the_map_give_zeros_and_zero_gradients():
+    features = torch.randn(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 20.0, 20.0, 30.0, 30.0], [0, -9.0, -9.0, -7.0, -8.0]], dtype=torch.float64)
+    pooled = roi_pool(features, rois, 2)
+    expected = torchvision.ops.roi_pool(features, rois, 2)
+    assert torch.equal(pooled, expected) and not pooled.any()
+    pooled.sum().backward()
+    assert torch.equal(features.grad, torch.zeros_like(features))
+
+
 def test_constant_features_and_empty_rois():
     features = torch.full((1, 2, 8, 8), -3.5)
     pooled = roi_pool(features, torch.tensor([[0, 1.0, 1.0, 6.0, 5.0]]), (3, 2))

@@ -4,11 +4,13 @@ Each region is cut into ``output_size`` bins on the feature map and each bin kee
 so regions of any size become, e.g., 7 x 7 x C features for the detection head.
 
 The bins are computed exactly like ``torchvision.ops.roi_pool`` (coordinates scaled and rounded,
-bin edges floored and ceiled). The maxima come without a loop over regions or bins: a table of
-maxima over every 2^i x 2^j window of the feature map is built once (a "sparse table", a few
-maxima of shifted copies), and any bin of height h and width w is covered exactly by four such
-windows of size 2^floor(log2 h) x 2^floor(log2 w), so its maximum is the largest of four
-table entries.
+bin edges floored and ceiled). The maxima come without a loop over regions or bins, from a
+"sparse table": the maxima over every 2^i x 2^j window of the feature map, each level made
+from the previous one by one maximum of two shifted copies. Any bin of height h and width w is
+covered exactly by four windows of size 2^floor(log2 h) x 2^floor(log2 w) aligned to its
+corners, so its maximum is the largest of four table entries. The levels are visited one at a
+time (a handful of them), and each serves the bins of its size: the feature map is never
+copied per region or per bin.
 """
 from __future__ import annotations
 
@@ -70,31 +72,6 @@ def _bin_edges(start: Tensor, end: Tensor, bins: int, limit: int) -> tuple[Tenso
     return lo.clamp(0, limit).long(), hi.clamp(0, limit).long()
 
 
-def _window_max_table(features: Tensor, levels_h: int, levels_w: int) -> Tensor:
-    """Maxima over every 2^i x 2^j window of the feature map.
-
-    features: (B, H, W, C)  ->  (levels_h, levels_w, B, H, W, C) where [i, j, b, y, x] is the
-    maximum of features[b, y : y + 2^i, x : x + 2^j] (entries whose window would leave the
-    map are padding and never read).
-    """
-    rows = [features]
-    for i in range(1, levels_h):  # log2 of the largest bin: a handful of levels
-        shift = 1 << (i - 1)
-        grown = rows[-1].clone()
-        grown[:, :-shift] = torch.maximum(rows[-1][:, :-shift], rows[-1][:, shift:])
-        rows.append(grown)
-    table = []
-    for level in rows:
-        cols = [level]
-        for j in range(1, levels_w):
-            shift = 1 << (j - 1)
-            grown = cols[-1].clone()
-            grown[:, :, :-shift] = torch.maximum(cols[-1][:, :, :-shift], cols[-1][:, :, shift:])
-            cols.append(grown)
-        table.append(torch.stack(cols))
-    return torch.stack(table)
-
-
 def _floor_log2(x: Tensor) -> Tensor:
     """floor(log2(x)) for integers x >= 1, exactly."""
     powers = 2 ** torch.arange(63, device=x.device, dtype=torch.int64)
@@ -142,23 +119,46 @@ def roi_pool(features: Tensor, rois: Tensor | Sequence[Tensor], output_size: int
     row_len, col_len = row_hi - row_lo, col_hi - col_lo
     empty = (row_len[:, :, None] <= 0) | (col_len[:, None, :] <= 0)  # (K, out_h, out_w)
 
-    # Each bin is covered by four windows of 2^level cells, aligned to its two ends.
+    # Every bin, flattened, sorted by its table level (empty bins first, as level -1).
     level_h, level_w = _floor_log2(row_len.clamp(min=1)), _floor_log2(col_len.clamp(min=1))
     levels_h, levels_w = int(level_h.max()) + 1, int(level_w.max()) + 1
-    table = _window_max_table(features.permute(0, 2, 3, 1), levels_h, levels_w)
-    table = table.reshape(-1, channels)  # rows indexed by (level_h, level_w, b, y, x)
-    # (Clamped so that empty bins, masked below, still read inside the table.)
-    top, bottom = row_lo.clamp(max=height - 1), (row_hi - (1 << level_h)).clamp(0, height - 1)  # (K, out_h)
-    left, right = col_lo.clamp(max=width - 1), (col_hi - (1 << level_w)).clamp(0, width - 1)  # (K, out_w)
+    level = (level_h[:, :, None] * levels_w + level_w[:, None, :]).masked_fill_(empty, -1).view(-1)
+    level, order = torch.sort(level)
+    count = torch.bincount(level + 1, minlength=levels_h * levels_w + 1).tolist()
+    # Each bin's image and the first cell of its four windows: rows aligned to the bin's top
+    # or bottom edge, columns to its left or right edge; (5, K * out_h * out_w) in level order.
+    bins = (num_rois, out_h, out_w)
+    corners = torch.stack((image[:, None, None].expand(bins),
+                           row_lo[:, :, None].expand(bins), (row_hi - (1 << level_h))[:, :, None].expand(bins),
+                           col_lo[:, None, :].expand(bins), (col_hi - (1 << level_w))[:, None, :].expand(bins)))
+    corners = corners.view(5, -1).index_select(1, order)
 
-    def rows_of(y: Tensor, x: Tensor) -> Tensor:  # (K, out_h), (K, out_w) -> (K*out_h*out_w,)
-        level = level_h[:, :, None] * levels_w + level_w[:, None, :]
-        cell = (image[:, None, None] * height + y[:, :, None]) * width + x[:, None, :]
-        return (level * (batch * height * width) + cell).reshape(-1)
-
-    pooled = table.index_select(0, rows_of(top, left))
-    for y, x in ((top, right), (bottom, left), (bottom, right)):
-        pooled = torch.maximum(pooled, table.index_select(0, rows_of(y, x)))
-    pooled = pooled.reshape(num_rois, out_h, out_w, channels).clamp(min=LOWEST_MAX)
-    pooled = pooled.masked_fill(empty[..., None], 0)
-    return pooled.permute(0, 3, 1, 2).contiguous()
+    # Channels last: a table entry is a contiguous row of C values. Torchvision's running
+    # maximum starts at -FLT_MAX, so a lower value (-inf) never comes out of a non-empty bin.
+    rows_level = features.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+    if float(rows_level.detach().min()) < LOWEST_MAX:
+        rows_level = rows_level.clamp(min=LOWEST_MAX)
+    pooled = features.new_zeros(num_rois * out_h * out_w, channels)  # empty bins stay 0
+    done = count[0]
+    for i in range(levels_h):  # log2 of the tallest bin: a handful of levels
+        if i > 0:  # maxima over 2^i rows: two windows of 2^(i-1) rows
+            shift = 1 << (i - 1)
+            rows_level = torch.maximum(rows_level[:, :-shift], rows_level[:, shift:])
+        window = rows_level  # (B, H - 2^i + 1, W - 2^j + 1, C): window maxima at their top-left cell
+        for j in range(levels_w):
+            if j > 0:
+                shift = 1 << (j - 1)
+                window = torch.maximum(window[:, :, :-shift], window[:, :, shift:])
+            n = count[1 + i * levels_w + j]
+            if n == 0:
+                continue
+            here = slice(done, done + n)  # the bins of 2^i x 2^j windows
+            done += n
+            bin_image, ys, xs = corners[0, here], corners[1:3, here], corners[3:, here]
+            ys = ys + bin_image * window.shape[1]  # rows of the (B * rows, columns) map
+            cells = (ys[:, None, :] * window.shape[2] + xs[None, :, :]).view(-1)  # (4 * n,)
+            best = window.reshape(-1, channels).index_select(0, cells).view(4, n, channels).amax(dim=0)
+            pooled.index_copy_(0, order[here], best)
+    if count[0] == len(level):  # every bin empty: zeros, still part of the graph (for autograd)
+        pooled = pooled + features.flatten()[:0].sum()
+    return pooled.view(num_rois, out_h, out_w, channels).permute(0, 3, 1, 2).contiguous()
