@@ -25,24 +25,30 @@ def _sandbox_available():
         pytest.fail(f"the grader's sandbox cannot run here: {problem}")
 
 
+async def _in_kernel(work, *, warm_kernels: bool = True, now: bool = False):
+    """Start a sandboxed kernel, ``await work(km, client)``, shut the kernel down (politely unless ``now``)."""
+    km = SandboxedKernelManager(kernel_name="python3", warm=warm_kernels)
+    await km.start_kernel()
+    client = km.client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=300)
+        return await work(km, client)
+    finally:
+        client.stop_channels()
+        await km.shutdown_kernel(now=now)  # politely, as nbclient does, keeps the factory
+
+
 def _run(code: str, *, warm_kernels: bool = True, timeout: float = 120) -> str:
     """Run ``code`` in a new sandboxed kernel; what it printed (and the error, if any)."""
-    async def run() -> str:
-        km = SandboxedKernelManager(kernel_name="python3", warm=warm_kernels)
-        await km.start_kernel()
-        client = km.client()
-        client.start_channels()
-        printed: list[str] = []
-        try:
-            await client.wait_for_ready(timeout=300)
-            await client.execute_interactive(code, timeout=timeout, output_hook=lambda m: printed.append(
-                m["content"].get("text", "") + m["content"].get("evalue", "")))
-        finally:
-            client.stop_channels()
-            await km.shutdown_kernel()  # politely, as nbclient does: the factory stays
-        return "".join(printed)
+    printed: list[str] = []
 
-    return asyncio.run(run())
+    async def run(km, client) -> None:
+        await client.execute_interactive(code, timeout=timeout, output_hook=lambda m: printed.append(
+            m["content"].get("text", "") + m["content"].get("evalue", "")))
+
+    asyncio.run(_in_kernel(run, warm_kernels=warm_kernels))
+    return "".join(printed)
 
 
 def _report(code: str, **kwargs) -> dict:
@@ -127,21 +133,11 @@ def test_a_kernel_killed_at_its_time_limit_takes_its_factory_along_and_the_next_
     _report(LOOK_AROUND)
     factory = _factories()[0]
 
-    async def stuck() -> int | None:
-        km = SandboxedKernelManager(kernel_name="python3")
-        await km.start_kernel()
-        client = km.client()
-        client.start_channels()
-        try:
-            await client.wait_for_ready(timeout=300)
-            client.execute("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass")
-            await asyncio.sleep(1)
-        finally:
-            client.stop_channels()
-            await km.shutdown_kernel(now=True)
-        return km.exit_code
+    async def stuck(km, client) -> None:
+        client.execute("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass")
+        await asyncio.sleep(1)
 
-    asyncio.run(stuck())
+    asyncio.run(_in_kernel(stuck, now=True))
     assert not factory.alive
     assert not factory.root.exists()
     report = _report(LOOK_AROUND)
@@ -150,24 +146,15 @@ def test_a_kernel_killed_at_its_time_limit_takes_its_factory_along_and_the_next_
 
 
 def test_a_kernel_that_exits_is_reported_with_its_code_and_the_factory_carries_on():
-    async def exit_seven() -> int | None:
-        km = SandboxedKernelManager(kernel_name="python3")
-        await km.start_kernel()
-        client = km.client()
-        client.start_channels()
-        try:
-            await client.wait_for_ready(timeout=300)
-            client.execute("import os\nos._exit(7)")
-            for _ in range(600):
-                if not await km.is_alive():
-                    break
-                await asyncio.sleep(0.05)
-        finally:
-            client.stop_channels()
-            await km.shutdown_kernel()
+    async def exit_seven(km, client) -> int | None:
+        client.execute("import os\nos._exit(7)")
+        for _ in range(600):
+            if not await km.is_alive():
+                break
+            await asyncio.sleep(0.05)
         return km.exit_code
 
-    assert asyncio.run(exit_seven()) == 7
+    assert asyncio.run(_in_kernel(exit_seven)) == 7
     factory = _factories()[0]
     assert _report(LOOK_AROUND)["torch_loaded"]
     assert factory in _factories()
