@@ -25,9 +25,9 @@ def _sandbox_available():
         pytest.fail(f"the grader's sandbox cannot run here: {problem}")
 
 
-async def _in_kernel(work, *, warm_kernels: bool = True, now: bool = False):
+async def _in_kernel(work, *, warm_kernels: bool = True, now: bool = False, sandbox: str = "required"):
     """Start a sandboxed kernel, ``await work(km, client)``, shut the kernel down (politely unless ``now``)."""
-    km = SandboxedKernelManager(kernel_name="python3", warm=warm_kernels)
+    km = SandboxedKernelManager(kernel_name="python3", warm=warm_kernels, sandbox=sandbox)
     await km.start_kernel()
     client = km.client()
     client.start_channels()
@@ -39,7 +39,7 @@ async def _in_kernel(work, *, warm_kernels: bool = True, now: bool = False):
         await km.shutdown_kernel(now=now)  # politely, as nbclient does, keeps the factory
 
 
-def _run(code: str, *, warm_kernels: bool = True, timeout: float = 120) -> str:
+def _run(code: str, *, warm_kernels: bool = True, timeout: float = 120, sandbox: str = "required") -> str:
     """Run ``code`` in a new sandboxed kernel; what it printed (and the error, if any)."""
     printed: list[str] = []
 
@@ -47,7 +47,7 @@ def _run(code: str, *, warm_kernels: bool = True, timeout: float = 120) -> str:
         await client.execute_interactive(code, timeout=timeout, output_hook=lambda m: printed.append(
             m["content"].get("text", "") + m["content"].get("evalue", "")))
 
-    asyncio.run(_in_kernel(run, warm_kernels=warm_kernels))
+    asyncio.run(_in_kernel(run, warm_kernels=warm_kernels, sandbox=sandbox))
     return "".join(printed)
 
 
@@ -187,3 +187,17 @@ def test_course_grade_forks_warm_kernels_unless_told_otherwise(flags, warm_kerne
 
     args = build_parser().parse_args(["grade", "submitted", *flags])
     assert _grading_options(args).warm_kernels is warm_kernels
+
+
+def test_with_limits_only_the_factory_cleans_nothing_of_the_machines():
+    """Outside the sandbox /tmp is everybody's: what appears there while kernels come and go stays."""
+    import tempfile
+
+    assert "ran" in _run("print('ran')", sandbox="rlimits")
+    outsider = Path(tempfile.mkdtemp(prefix="not-the-graders-"))
+    try:
+        assert "ran" in _run("print('ran')", sandbox="rlimits")
+        assert "ran" in _run("print('ran')", sandbox="rlimits")
+        assert outsider.exists(), "the factory removed a folder of the machine's /tmp"
+    finally:
+        outsider.rmdir()

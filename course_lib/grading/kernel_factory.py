@@ -6,7 +6,8 @@ student's kernel. The child starts with torch already in memory (shared copy-on-
 nothing of any other student: the factory never runs student code itself.
 
 Between two kernels the factory kills every process left in its sandbox and empties the shared
-temporary folders, so nothing a kernel leaves behind reaches the next one. When the grader runs
+temporary folders, so nothing a kernel leaves behind reaches the next one. (With resource limits
+only, without the sandbox, those are the machine's: it then kills the kernel's process group only.) When the grader runs
 as root, the factory keeps only the rights to change uid and to kill; each kernel drops to the
 grading uid before it runs, so it can neither signal nor inspect the factory.
 
@@ -14,7 +15,7 @@ Protocol, one JSON object per line. The grader writes ``{"start": ID, "argv": [.
 "cwd": PATH, "output": FILE}``; the factory answers ``{"ready": SECONDS}`` once after preloading, then
 ``{"started": ID}`` and ``{"exited": ID, "code": CODE}`` (128 + N when signal N ended it).
 
-    python -m course_lib.grading.kernel_factory [--kernel-uid UID] [--private-pid-namespace] [--home DIR]
+    python -m course_lib.grading.kernel_factory [--kernel-uid UID] [--sandboxed] [--home DIR]
 """
 from __future__ import annotations
 
@@ -134,31 +135,33 @@ def empty(folder: str) -> None:
             os.unlink(path)
 
 
-def sweep(private_pid_namespace: bool, keep: dict[str, set[str]], home: str | None) -> None:
-    """Kill what a kernel left running and remove what it added to the folders kernels share."""
-    if private_pid_namespace:  # kill(-1) reaches only this sandbox's processes (never pid 1, never us)
-        for _ in range(200):
+def sweep(sandboxed: bool, keep: dict[str, set[str]], home: str | None) -> None:
+    """Kill what a kernel left running and remove what it added to the folders kernels share.
+
+    Only inside the sandbox: there the processes and the temporary folders are the sandbox's own.
+    Outside it (limits only) they are the machine's, and nothing but the factory's home is touched.
+    """
+    if sandboxed:
+        for _ in range(200):  # kill(-1) reaches only this sandbox's processes (never its pid 1, never us)
             try:
                 os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-            except PermissionError:
+            except (ProcessLookupError, PermissionError):
                 break
             time.sleep(0.005)
-    for folder in SHARED_TEMP_DIRS:
-        try:
-            entries = os.listdir(folder)
-        except OSError:
-            continue
-        for name in set(entries) - keep.get(folder, set()):
-            path = os.path.join(folder, name)
+        for folder in SHARED_TEMP_DIRS:
             try:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.unlink(path)
+                entries = os.listdir(folder)
             except OSError:
-                pass
+                continue
+            for name in set(entries) - keep.get(folder, set()):
+                path = os.path.join(folder, name)
+                try:
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        os.unlink(path)
+                except OSError:
+                    pass
     if home:
         try:
             empty(home)
@@ -170,13 +173,13 @@ def say(message: dict) -> None:
     os.write(1, (json.dumps(message) + "\n").encode())
 
 
-def serve(kernel_uid: int | None, private_pid_namespace: bool, home: str | None) -> None:
+def serve(kernel_uid: int | None, sandboxed: bool, home: str | None) -> None:
     started = time.monotonic()
     preload()
     if home:  # the font cache and the like are loaded: kernels need not see them
         empty(home)
     _prctl(PR_SET_DUMPABLE, 0)  # a kernel of the same uid cannot read or trace the factory's memory
-    keep = shared_temp_entries()
+    keep = shared_temp_entries() if sandboxed else {}
     say({"ready": round(time.monotonic() - started, 3)})
     pending = b""
     running: tuple[str, int] | None = None  # (id, pid) of the kernel alive now
@@ -184,7 +187,11 @@ def serve(kernel_uid: int | None, private_pid_namespace: bool, home: str | None)
         if running is not None:
             done, status = os.waitpid(running[1], os.WNOHANG)
             if done:
-                sweep(private_pid_namespace, keep, home)
+                try:  # what it started in its own session and did not take elsewhere
+                    os.killpg(running[1], signal.SIGKILL)
+                except OSError:
+                    pass
+                sweep(sandboxed, keep, home)
                 say({"exited": running[0], "code": exit_code(status)})
                 running = None
         readable, _, _ = select.select([0], [], [], POLL_SECONDS if running else None)
@@ -212,10 +219,11 @@ def serve(kernel_uid: int | None, private_pid_namespace: bool, home: str | None)
 def main() -> None:
     parser = argparse.ArgumentParser(description="Fork sandboxed student kernels with libraries preloaded.")
     parser.add_argument("--kernel-uid", type=int, default=None)
-    parser.add_argument("--private-pid-namespace", action="store_true")
+    parser.add_argument("--sandboxed", action="store_true",
+                        help="running in the kernels' own sandbox: its processes and temporary folders may be cleaned")
     parser.add_argument("--home", default=None, help="the factory's own folder, emptied once it has preloaded")
     args = parser.parse_args()
-    serve(args.kernel_uid, args.private_pid_namespace, args.home)
+    serve(args.kernel_uid, args.sandboxed, args.home)
 
 
 if __name__ == "__main__":

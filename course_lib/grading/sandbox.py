@@ -322,7 +322,7 @@ def factory_command(scratch: Path, mode: str, limits: Limits, kernel_uid: int | 
         factory += ["--kernel-uid", str(kernel_uid)]
     else:
         command += ["--cap-drop", "ALL"]
-    return command + ["--", *factory, "--private-pid-namespace"]
+    return command + ["--", *factory, "--sandboxed"]
 
 
 def processes_of_this_user() -> int:
