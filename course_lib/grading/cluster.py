@@ -44,6 +44,7 @@ from typing import Any
 
 from .autograde import GradingOptions, sha256
 from .coursedir import CourseError
+from .environment import restored_environment
 from .orchestrator import grade_bytes_in_worker, grade_in_worker
 from .record import GradeRecord, Status
 
@@ -367,20 +368,6 @@ def _start_local_cluster(environments: list[dict[str, str]], gpus_per_task: int)
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=quiet, name="course-grading")
 
 
-@contextlib.contextmanager
-def _restored_environment(names: tuple[str, ...]) -> Iterator[None]:
-    """Dask's nanny sets a few variables in its own process before starting a worker: undo that after."""
-    saved = {name: os.environ.get(name) for name in names}
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _check_scheduler(scheduler: str, timeout: float) -> None:
     """Fail in one line, and soon, unless a Dask scheduler answers at ``scheduler``.
 
@@ -444,7 +431,8 @@ def dask_grading(scheduler: str | None = None, workers: int = 1, gpus_per_task: 
         cluster = None
         if scheduler is None:
             environments = local_worker_environments(workers, gpus_per_task)
-            stack.enter_context(_restored_environment(tuple({*pre_spawn, *THREAD_COUNT_VARIABLES})))
+            # Dask's nanny sets a few variables in its own process before starting a worker: undo that after.
+            stack.enter_context(restored_environment({*pre_spawn, *THREAD_COUNT_VARIABLES}))
             cluster = stack.enter_context(_start_local_cluster(environments, gpus_per_task))
             client = stack.enter_context(distributed.Client(cluster, set_as_default=False))
             gpus = f", GPUs {', '.join(env['CUDA_VISIBLE_DEVICES'] for env in environments)}" if gpus_per_task else ""

@@ -52,16 +52,23 @@ def isolated_environment(home: Path, course_root: Path | None = None) -> Iterato
     wanted["PATH"] = _prepend_path("PATH", str(Path(sys.executable).parent))
     if course_root is not None:
         wanted["PYTHONPATH"] = _prepend_path("PYTHONPATH", str(Path(course_root).resolve()))
-    saved = {var: os.environ.get(var) for var in wanted}
-    os.environ.update(wanted)
+    with restored_environment(wanted):
+        os.environ.update(wanted)
+        yield
+
+
+@contextlib.contextmanager
+def restored_environment(names) -> Iterator[None]:
+    """When the block ends, put the environment variables ``names`` back as they were (or unset them)."""
+    saved = {name: os.environ.get(name) for name in names}
     try:
         yield
     finally:
-        for var, value in saved.items():
+        for name, value in saved.items():
             if value is None:
-                os.environ.pop(var, None)
+                os.environ.pop(name, None)
             else:
-                os.environ[var] = value
+                os.environ[name] = value
 
 
 _QUIETED = False

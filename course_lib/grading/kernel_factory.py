@@ -126,13 +126,21 @@ def shared_temp_entries() -> dict[str, set[str]]:
     return entries
 
 
-def empty(folder: str) -> None:
-    for name in os.listdir(folder):
+def remove_entries(folder, keep=frozenset()) -> None:
+    """Remove what ``folder`` holds except the names in ``keep``; what cannot be removed stays."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in set(names) - set(keep):
         path = os.path.join(folder, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def sweep(sandboxed: bool, keep: dict[str, set[str]], home: str | None) -> None:
@@ -149,24 +157,9 @@ def sweep(sandboxed: bool, keep: dict[str, set[str]], home: str | None) -> None:
                 break
             time.sleep(0.005)
         for folder in SHARED_TEMP_DIRS:
-            try:
-                entries = os.listdir(folder)
-            except OSError:
-                continue
-            for name in set(entries) - keep.get(folder, set()):
-                path = os.path.join(folder, name)
-                try:
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        os.unlink(path)
-                except OSError:
-                    pass
+            remove_entries(folder, keep.get(folder, set()))
     if home:
-        try:
-            empty(home)
-        except OSError:
-            pass
+        remove_entries(home)
 
 
 def say(message: dict) -> None:
@@ -177,7 +170,7 @@ def serve(kernel_uid: int | None, sandboxed: bool, home: str | None) -> None:
     started = time.monotonic()
     preload()
     if home:  # the font cache and the like are loaded: kernels need not see them
-        empty(home)
+        remove_entries(home)
     _prctl(PR_SET_DUMPABLE, 0)  # a kernel of the same uid cannot read or trace the factory's memory
     keep = shared_temp_entries() if sandboxed else {}
     say({"ready": round(time.monotonic() - started, 3)})

@@ -280,25 +280,30 @@ def _limited(limits: Limits) -> list[str]:
     return [shutil.which("prlimit") or "prlimit", *limits.prlimit_args(extra), "--"]
 
 
+def _with_only(env: dict[str, str]) -> list[str]:
+    """Run the rest of the command with exactly ``env`` (limits only: no bwrap to clear it)."""
+    return ["env", "-i", *[f"{k}={v}" for k, v in sorted(env.items())]]
+
+
+def _keeping_only(*capabilities: str) -> list[str]:
+    """bwrap's arguments dropping every capability but ``capabilities``."""
+    return ["--cap-drop", "ALL", *[arg for cap in capabilities for arg in ("--cap-add", cap)]]
+
+
 def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: Limits) -> list[str]:
     """``kernel_cmd`` wrapped in the limits (and, unless ``mode="rlimits"``, the bubblewrap sandbox)."""
     env = kernel_environment(scratch)
-    root = running_as_root()
     command = _limited(limits)
-    if mode == "required":
-        command += _bwrap_args(env, writable=[scratch], chdir=scratch / "work")
-        if root:
-            # bwrap keeps only the right to change uid; setpriv uses it once and drops everything.
-            command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-        else:
-            command += ["--cap-drop", "ALL"]
-        command += ["--"]
-        if root:
-            uid = str(sandbox_uid())
-            command += [shutil.which("setpriv") or "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups",
-                        "--inh-caps=-all", "--no-new-privs", "--"]
-        return command + kernel_cmd
-    return command + ["env", "-i", *[f"{k}={v}" for k, v in sorted(env.items())], *kernel_cmd]
+    if mode != "required":
+        return command + _with_only(env) + kernel_cmd
+    command += _bwrap_args(env, writable=[scratch], chdir=scratch / "work")
+    if not running_as_root():
+        return command + _keeping_only() + ["--", *kernel_cmd]
+    # bwrap keeps only the right to change uid; setpriv uses it once and drops everything.
+    uid = str(sandbox_uid())
+    return command + _keeping_only("CAP_SETUID", "CAP_SETGID") + [
+        "--", shutil.which("setpriv") or "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups",
+        "--inh-caps=-all", "--no-new-privs", "--", *kernel_cmd]
 
 
 def factory_command(scratch: Path, mode: str, limits: Limits, kernel_uid: int | None) -> list[str]:
@@ -314,15 +319,12 @@ def factory_command(scratch: Path, mode: str, limits: Limits, kernel_uid: int | 
     factory = [sys.executable, "-m", "course_lib.grading.kernel_factory", "--home", str(home)]
     command = _limited(limits)
     if mode != "required":
-        return command + ["env", "-i", *[f"{k}={v}" for k, v in sorted(env.items())], *factory]
+        return command + _with_only(env) + factory
     command += _bwrap_args(env, writable=[scratch / KERNEL_SLOT, home], chdir=home / "work", read_only=[scratch])
-    if kernel_uid is not None:
-        command += ["--cap-drop", "ALL", *[arg for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
-                                           for arg in ("--cap-add", cap)]]
-        factory += ["--kernel-uid", str(kernel_uid)]
-    else:
-        command += ["--cap-drop", "ALL"]
-    return command + ["--", *factory, "--sandboxed"]
+    if kernel_uid is None:
+        return command + _keeping_only() + ["--", *factory, "--sandboxed"]
+    return command + _keeping_only("CAP_SETUID", "CAP_SETGID", "CAP_KILL") + [
+        "--", *factory, "--kernel-uid", str(kernel_uid), "--sandboxed"]
 
 
 def processes_of_this_user() -> int:

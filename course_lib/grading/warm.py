@@ -23,8 +23,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .kernel_factory import remove_entries
 from .sandbox import (FACTORY_HOME, KERNEL_SLOT, Limits, factory_command, kernel_environment, prepare_scratch,
-                      remove_stale_scratch, running_as_root, sandbox_uid, scratch_prefix)
+                      read_only_dirs, remove_stale_scratch, running_as_root, sandbox_uid, scratch_prefix)
 
 #: Seconds a factory may take to import its libraries (a loaded machine, a slow disk).
 READY_TIMEOUT = 600
@@ -120,7 +121,6 @@ class KernelFactory:
         self._lock = threading.Lock()
         self._kernel: FactoryKernel | None = None
         self._ids = itertools.count(1)
-        self.ready_seconds: float | None = None
         threading.Thread(target=self._listen, name="kernel-factory", daemon=True).start()
 
     @property
@@ -138,13 +138,7 @@ class KernelFactory:
 
     def clear_kernel_dir(self) -> None:
         """Remove what the last kernel left in its folder (the folder stays: the sandbox has it mounted)."""
-        if not self.slot.is_dir():
-            return  # the factory is gone, and its folders with it
-        for entry in list(self.slot.iterdir()):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+        remove_entries(self.slot)
 
     def start_kernel(self, argv: list[str], scratch: Path) -> FactoryKernel:
         """Fork ``ipykernel_launcher`` with ``argv`` (e.g. ``["-f", connection_file]``) working in ``scratch``."""
@@ -171,7 +165,6 @@ class KernelFactory:
             except ValueError:
                 continue
             if "ready" in message:
-                self.ready_seconds = float(message["ready"])
                 self._ready.set()
             elif "exited" in message:
                 kernel = self._kernel
@@ -203,8 +196,6 @@ _FACTORIES_LOCK = threading.Lock()
 
 def kernel_factory(mode: str, limits: Limits) -> KernelFactory:
     """An idle, live factory for this sandbox configuration, started now if there is none."""
-    from .sandbox import read_only_dirs
-
     key = (mode, limits, tuple(read_only_dirs()), tuple(sorted(kernel_environment(Path("/")).items())))
     with _FACTORIES_LOCK:
         factories = _FACTORIES.setdefault(key, [])
