@@ -38,8 +38,10 @@ sandbox-tools:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux >/dev/null; \
 	else echo "note: the grading sandbox tests need bubblewrap, prlimit and setpriv (Debian/Ubuntu: sudo apt-get install bubblewrap util-linux)"; fi
 
+# `make lab LAB_ARGS="--port 9000 --no-browser"`; `python -m course_lib.lab --help` lists the options.
+LAB_ARGS ?=
 lab: $(STAMP)
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m course_lib.lab $(LAB_ARGS)
 
 test: $(STAMP) sandbox-tools
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -102,7 +102,7 @@ def _title(path: Path) -> str:
 def lesson_table(root: Path) -> str:
     """The README's table of lessons and exercises, each with its "Open in Colab" badge."""
     rows = ["| Lesson | Notebook | Graded exercise |", "| --- | --- | --- |"]
-    for lesson in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for lesson in sorted((root / config.LESSONS_DIR).glob(config.LESSON_GLOB)):
         rel = lesson.relative_to(root).as_posix()
         exercise = root / "exercises" / lesson.name
         ex_cell = "—"

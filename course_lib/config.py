@@ -10,6 +10,9 @@ from __future__ import annotations
 REPOSITORY = "cnn-blocks-to-detectors/course"
 #: Branch the Colab badges open.
 BRANCH = "main"
+#: The lessons: notebooks/NN_*.ipynb; sorted by name, the order of the README's lesson table.
+LESSONS_DIR = "notebooks"
+LESSON_GLOB = "[0-9][0-9]_*.ipynb"
 #: Packages Colab does not preinstall; the first cell of every notebook installs them there.
 COLAB_EXTRA_PACKAGES = ("torchinfo", "torchmetrics", "pycocotools")
 #: Environment variable that selects the small, still-real configuration of long cells (tests set it).
