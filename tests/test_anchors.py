@@ -217,3 +217,94 @@ def test_kmeans_bad_input():
         kmeans_anchors(torch.ones(5, 4), 2)
     with pytest.raises(ValueError, match="positive"):
         kmeans_anchors(torch.tensor([[1.0, 0.0], [2.0, 2.0]]), 1)
+
+
+# --------------------------------------------------------------------------- RPN anchor conventions
+
+
+def torchvision_anchors(feature_size, stride, ratios, scales, dtype=torch.float32) -> torch.Tensor:
+    height, width = feature_size
+    generator = AnchorGenerator(sizes=(tuple(s * stride for s in scales),), aspect_ratios=(tuple(ratios),))
+    images = ImageList(torch.zeros(1, 3, height * stride, width * stride, dtype=dtype),
+                       [(height * stride, width * stride)])
+    return generator(images, [torch.zeros(1, 1, height, width, dtype=dtype)])[0]
+
+
+@pytest.mark.parametrize("feature_size", [(50, 50), (5, 7), (1, 1), (13, 4), (38, 63)])
+@pytest.mark.parametrize(("stride", "ratios", "scales"), [
+    (16, (0.5, 1.0, 2.0), (8.0, 16.0, 32.0)),  # the lesson: 128, 256, 512 px
+    (4, (0.5, 1.0, 2.0), (2.0, 3.0, 4.0, 6.0, 8.0, 12.0)),  # the shapes detector: 8 to 48 px
+    (8, (0.25, 0.7, 1.3), (1.5, 5.0)),  # sizes whose half sides round up, down and to even
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rpn_anchors_torchvision_convention_equals_anchor_generator(feature_size, stride, ratios, scales, dtype):
+    ours = rpn_anchors(feature_size, stride, ratios, scales, convention="torchvision", dtype=dtype)
+    theirs = torchvision_anchors(feature_size, stride, ratios, scales, dtype)
+    assert ours.dtype == theirs.dtype == dtype
+    assert torch.equal(ours, theirs)
+
+
+def test_rpn_anchor_counts_inside_the_image_per_convention():
+    for convention, inside in (("seed", 8_940), ("torchvision", 9_321)):
+        anchors = rpn_anchors(50, 16, convention=convention)
+        assert anchors.shape == (22_500, 4)
+        assert (anchors.shape[0] // 9) == 2_500  # anchor points: 50 * 50
+        assert int(inside_image(anchors, 800, 800).sum()) == inside, convention
+    assert torch.equal(rpn_anchors(7, 16), rpn_anchors(7, 16, convention="seed"))  # the default
+
+
+def test_rpn_anchor_conventions_differ_by_half_a_stride():
+    seed = rpn_anchors((4, 6), 16, convention="seed", dtype=torch.float64)
+    torchvision = rpn_anchors((4, 6), 16, convention="torchvision", dtype=torch.float64)
+    centre = lambda a: (a[:, :2] + a[:, 2:]) / 2  # noqa: E731
+    torch.testing.assert_close(centre(seed) - centre(torchvision), torch.full((4 * 6 * 9, 2), 8.0, dtype=torch.float64))
+    # sizes equal up to the rounding of torchvision's half sides (at most one pixel per side)
+    size = lambda a: a[:, 2:] - a[:, :2]  # noqa: E731
+    assert (size(seed) - size(torchvision)).abs().max() <= 1.0
+
+
+def seed_source_order_anchors(height: int, width: int, stride: int, ratios, scales) -> torch.Tensor:
+    """The order of the lesson's source: x in the outer loop, y in the inner one."""
+    rows = []
+    for col in range(width):
+        for row in range(height):
+            cx, cy = (col + 0.5) * stride, (row + 0.5) * stride
+            for ratio in ratios:
+                for scale in scales:
+                    h, w = stride * scale * math.sqrt(ratio), stride * scale / math.sqrt(ratio)
+                    rows.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+    return torch.tensor(rows)
+
+
+def test_anchor_order_lines_up_with_the_rpn_heads_flattened_predictions():
+    """Erratum 001-8: the source builds anchors x-outer but flattens predictions y-outer."""
+    from course_lib.detection.faster_rcnn.rpn import RPNHead
+
+    height, width, stride, ratios, scales = 6, 9, 16, (0.5, 1.0, 2.0), (2.0, 4.0)
+    # A head whose objectness is a known function of position: the cell's index row * W + col.
+    head = RPNHead(1, num_anchors=6)
+    with torch.no_grad():
+        head.conv.weight.zero_()
+        head.conv.weight[0, 0, 1, 1] = 1.0  # the 3x3 conv passes the cell's own value through
+        head.cls_logits.weight.fill_(1.0)
+        head.bbox_pred.weight.zero_()
+        cell_index = torch.arange(height * width, dtype=torch.float32).reshape(1, 1, height, width)
+        objectness = head(cell_index).objectness[0]  # (H * W * 6,), flattened with permute(0, 2, 3, 1)
+
+    def cell_of(anchors):
+        centre = (anchors[:, :2] + anchors[:, 2:]) / 2
+        col, row = (centre / stride).floor().unbind(1)
+        return row * width + col
+
+    ours = rpn_anchors((height, width), stride, ratios, scales)
+    assert torch.equal(cell_of(ours), objectness)  # every anchor gets its own cell's prediction
+    theirs = seed_source_order_anchors(height, width, stride, ratios, scales)
+    assert torch.equal(cell_of(theirs).sort().values, objectness.sort().values)  # the same anchors ...
+    wrong = cell_of(theirs) != objectness
+    assert wrong.float().mean() > 0.9  # ... but nearly all paired with another cell's prediction
+    # (only cells on the "diagonal", where both orders happen to agree, line up by chance).
+
+
+def test_rpn_anchor_convention_bad_input():
+    with pytest.raises(ValueError, match="convention must be one of"):
+        rpn_anchors(5, 16, convention="centre")

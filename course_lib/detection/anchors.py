@@ -22,6 +22,7 @@ __all__ = [
     "SSD_RATIOS",
     "RPN_RATIOS",
     "RPN_SCALES",
+    "ANCHOR_CONVENTIONS",
     "grid_anchors",
     "rpn_anchors",
     "inside_image",
@@ -42,6 +43,12 @@ SSD_RATIOS = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5))
 RPN_RATIOS = (0.5, 1.0, 2.0)
 #: ... and sizes in units of the feature stride (8, 16, 32 x 16 px = 128, 256, 512 px).
 RPN_SCALES = (8.0, 16.0, 32.0)
+#: Where `rpn_anchors` puts anchors, two conventions that differ by half a stride:
+#: ``"seed"`` (the lesson's source, py-faster-rcnn): centred on the middle of each stride x stride
+#: patch, ``((col + 0.5) * stride, (row + 0.5) * stride)``, exact sizes;
+#: ``"torchvision"`` (``AnchorGenerator``): centred on the patch's top-left corner
+#: ``(col * stride, row * stride)``, half widths and heights rounded to whole pixels.
+ANCHOR_CONVENTIONS = ("seed", "torchvision")
 
 
 def _positive_numbers(values, name: str) -> list[float]:
@@ -96,16 +103,24 @@ def grid_anchors(grid_sizes: Sequence[int] = SSD_GRID_SIZES,
 
 def rpn_anchors(feature_size: int | Sequence[int], stride: float,
                 ratios: Sequence[float] = RPN_RATIOS, scales: Sequence[float] = RPN_SCALES,
-                *, device: torch.device | str | None = None,
+                *, convention: str = "seed", device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> Tensor:
     """Faster R-CNN anchors in pixels for a feature map of ``feature_size = (H, W)`` (or H = W).
 
-    Each feature-map cell stands for a ``stride x stride`` patch of the image; its anchors are
-    centred on the patch centre ``((col + 0.5) * stride, (row + 0.5) * stride)``. For aspect
-    ratio ``r = height / width`` and scale ``s`` an anchor has area ``(s * stride) ** 2``:
-    ``height = s * stride * sqrt(r)``, ``width = s * stride / sqrt(r)``.
+    Each feature-map cell stands for a ``stride x stride`` patch of the image. For aspect ratio
+    ``r = height / width`` and scale ``s`` an anchor has area ``(s * stride) ** 2``:
+    ``height = s * stride * sqrt(r)``, ``width = s * stride / sqrt(r)``. Where it sits depends on
+    ``convention`` (see `ANCHOR_CONVENTIONS`):
 
-    Order: cells row by row, and in each cell ratio-major then scale (torchvision's order).
+    - ``"seed"``: centred on the patch centre ``((col + 0.5) * stride, (row + 0.5) * stride)``,
+      exact sizes. 8,940 of an 800x800 image's 22,500 anchors lie inside it.
+    - ``"torchvision"``: centred on ``(col * stride, row * stride)`` with half sizes rounded to
+      whole pixels (round half to even), computed in ``dtype``: exactly torchvision's
+      ``AnchorGenerator(sizes=((s1 * stride, ...),), aspect_ratios=(ratios,))``. 9,321 inside.
+
+    Order: cells row by row (y outer, x inner), and in each cell ratio-major then scale
+    (torchvision's order). This is the order of a head's output ``(B, A * D, H, W)`` flattened
+    with ``permute(0, 2, 3, 1).reshape(B, -1, D)``, so anchor ``i`` goes with prediction ``i``.
     An 800x800 image through VGG16 (stride 16, a 50x50 map) gets 50 * 50 * 9 = 22,500 anchors.
 
     Returns (H * W * len(ratios) * len(scales), 4) xyxy pixels, not clipped to the image.
@@ -120,20 +135,39 @@ def rpn_anchors(feature_size: int | Sequence[int], stride: float,
         raise ValueError(f"feature_size must not be negative, got {tuple(feature_size)}")
     if isinstance(stride, bool) or not isinstance(stride, (int, float)) or not stride > 0:
         raise ValueError(f"stride must be a positive number, got {stride!r}")
-    ratio_values = torch.tensor(_positive_numbers(ratios, "ratios"), dtype=torch.float64)
-    scale_values = torch.tensor(_positive_numbers(scales, "scales"), dtype=torch.float64)
+    if convention not in ANCHOR_CONVENTIONS:
+        raise ValueError(f"convention must be one of {ANCHOR_CONVENTIONS}, got {convention!r}")
+    ratio_list = _positive_numbers(ratios, "ratios")
+    scale_list = _positive_numbers(scales, "scales")
 
-    # (R*S, 2) anchor sizes, ratio-major: for each ratio, every scale.
-    sides = scale_values[None, :] * stride
-    anchor_h = (sides * ratio_values.sqrt()[:, None]).reshape(-1)
-    anchor_w = (sides / ratio_values.sqrt()[:, None]).reshape(-1)
-    half = torch.stack((anchor_w, anchor_h), dim=-1).to(device) / 2  # (R*S, 2)
+    if convention == "seed":
+        # (R*S, 2) anchor sizes, ratio-major: for each ratio, every scale; exact, in float64.
+        ratio_values = torch.tensor(ratio_list, dtype=torch.float64)
+        sides = torch.tensor(scale_list, dtype=torch.float64)[None, :] * stride
+        anchor_h = (sides * ratio_values.sqrt()[:, None]).reshape(-1)
+        anchor_w = (sides / ratio_values.sqrt()[:, None]).reshape(-1)
+        half = torch.stack((anchor_w, anchor_h), dim=-1).to(device) / 2  # (R*S, 2)
+        cell = torch.cat((-half, half), dim=-1)  # (R*S, 4) around the centre
+        offset = 0.5  # cells
+        work_dtype = torch.float64
+    else:
+        # torchvision's AnchorGenerator.generate_anchors, step by step and in its dtype, so that
+        # the rounding of half sizes (e.g. 181.02 / 2 = 90.51 -> 91) comes out the same.
+        ratio_values = torch.tensor(ratio_list, dtype=dtype, device=device)
+        sizes = torch.tensor([s * stride for s in scale_list], dtype=dtype, device=device)
+        h_ratios = torch.sqrt(ratio_values)
+        w_ratios = 1 / h_ratios
+        ws = (w_ratios[:, None] * sizes[None, :]).view(-1)
+        hs = (h_ratios[:, None] * sizes[None, :]).view(-1)
+        cell = (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+        offset = 0.0
+        work_dtype = dtype
 
-    cy = (torch.arange(height, dtype=torch.float64, device=device) + 0.5) * stride
-    cx = (torch.arange(width, dtype=torch.float64, device=device) + 0.5) * stride
-    cy, cx = torch.meshgrid(cy, cx, indexing="ij")
-    centre_xy = torch.stack((cx, cy), dim=-1).reshape(-1, 1, 2)  # (H*W, 1, 2)
-    return torch.cat((centre_xy - half, centre_xy + half), dim=-1).reshape(-1, 4).to(dtype)
+    cy = (torch.arange(height, dtype=torch.float64, device=device) + offset) * stride
+    cx = (torch.arange(width, dtype=torch.float64, device=device) + offset) * stride
+    cy, cx = torch.meshgrid(cy, cx, indexing="ij")  # y outer: row by row
+    centres = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4).to(work_dtype)  # (H*W, 1, 4)
+    return (centres + cell.to(work_dtype)[None]).reshape(-1, 4).to(dtype)
 
 
 def inside_image(anchors: Tensor, height: float, width: float) -> Tensor:
