@@ -1,4 +1,7 @@
-"""Object-detection building blocks: boxes, anchors, matching, NMS, losses and ROI pooling.
+"""Object-detection building blocks: boxes, anchors, matching, NMS, losses, ROI pooling, tracking.
+
+The detectors have modules (and one package) of their own: ``yolo`` (lesson 3), ``ssd`` (lesson 4),
+``faster_rcnn`` (lesson 5), ``pretrained`` (torchvision's detectors, lesson 6).
 
 Boxes are ``(x1, y1, x2, y2)`` in pixels unless a name says otherwise. Each module is about one
 idea; import from the module (``from course_lib.detection.nms import nms``) or from here.
@@ -35,6 +38,10 @@ from .matching import (
 from .nms import batched_nms, nms
 from .roi import roi_pool, rois_from_boxes
 from .ssd import SSD, SSDConfig, load_shapes_ssd, ssd_loss
+from .mot_metrics import ClearMOT, ClearMOTAccumulator, clear_mot
+from .tracking import (IoUTracker, Track, associate, predict_boxes, track_speed, track_speeds, track_velocities,
+                       tracks_to_tensors, update_tracks)
+from .trails import draw_tracks, id_color
 
 __all__ = [
     # boxes
@@ -52,4 +59,8 @@ __all__ = [
     "roi_pool", "rois_from_boxes",
     # ssd (lesson 4)
     "SSD", "SSDConfig", "ssd_loss", "load_shapes_ssd",
+    # tracking (lesson 6)
+    "IoUTracker", "Track", "associate", "update_tracks", "predict_boxes", "track_velocities",
+    "track_speeds", "track_speed", "tracks_to_tensors",
+    "ClearMOT", "ClearMOTAccumulator", "clear_mot", "draw_tracks", "id_color",
 ]
