@@ -20,7 +20,8 @@ pytestmark = pytest.mark.grading
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKS, CONVNEXT, YOLO, SSD = ("01_blocks_and_resnets", "02_convnext", "03_anchors_and_yolo_decoding",
                                "04_ssd_matching_and_focal_loss")
-ASSIGNMENTS = (BLOCKS, CONVNEXT, YOLO, SSD)
+FASTER_RCNN, VIDEO = "05_faster_rcnn_step_by_step", "06_pretrained_detectors_on_video"
+ASSIGNMENTS = (BLOCKS, CONVNEXT, YOLO, SSD, FASTER_RCNN, VIDEO)
 HIDDEN_TESTS = re.compile(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS\n?", re.S)
 
 
@@ -165,6 +166,31 @@ def test_layer_norm2d_may_have_its_own_layer_norm_method_and_compare_itself_with
             "_x = torch.randn(2, 8, 3, 3)\n"
             "_same = torch.allclose(LayerNorm2d(8)(_x), nn.LayerNorm(8)(_x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))\n")
     assert audit_cells(_with_answer(CONVNEXT, "q2_answer", code)).findings == []
+
+
+FRAMES_BY_TORCHVISION = '''
+from torchvision.transforms import ToTensor
+from torchvision.transforms.functional import to_tensor
+from torchvision.transforms.v2.functional import to_dtype
+def frames_to_batches(clip, batch_size, device=None):
+    frames = [{call} for frame in clip]
+    batches = [torch.stack(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
+    return [b if device is None else b.to(device) for b in batches]
+'''
+
+
+@pytest.mark.parametrize("call", ["to_tensor(frame.numpy())", "ToTensor()(frame.numpy())",
+                                  "to_dtype(frame.permute(2, 0, 1), torch.float32, scale=True)"])
+def test_frames_to_batches_must_convert_uint8_itself(call):
+    code = FRAMES_BY_TORCHVISION.format(call=call)
+    messages = _zeroes(_with_answer(VIDEO, "q2_answer", code), {"q2_tests"})
+    assert any("in frames_to_batches (which the question asks to compute by hand)" in m for m in messages), messages
+
+
+def test_to_tensor_stays_ordinary_code_outside_frames_to_batches():
+    code = "from torchvision.transforms.functional import to_tensor\n_first = to_tensor(torch.zeros(4, 4, 3).numpy())\n"
+    assert audit_cells(_with_answer(VIDEO, "q1_answer", code)).findings == []
+    assert audit_cells(_with_answer(BLOCKS, "q1_answer", code)).findings == []
 
 
 def test_an_added_cell_that_redefines_layer_norm2d_with_torchs_zeroes_question_2():

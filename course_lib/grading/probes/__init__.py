@@ -11,6 +11,8 @@ from collections.abc import Callable
 from . import blocks_and_resnets, redteam
 from . import convnext
 from . import ssd, yolo_decoding
+from . import video_tracking
+from . import faster_rcnn
 
 #: Assignment name -> function giving its calls from a torch.Generator.
 PROBES: dict[str, Callable] = {
@@ -19,4 +21,6 @@ PROBES: dict[str, Callable] = {
     "redteam": redteam.calls,
     "03_anchors_and_yolo_decoding": yolo_decoding.calls,
     "04_ssd_matching_and_focal_loss": ssd.calls,
+    "05_faster_rcnn_step_by_step": faster_rcnn.calls,
+    "06_pretrained_detectors_on_video": video_tracking.calls,
 }
