@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "VideoInfo", "VideoFrames", "video_info", "iter_frames", "iter_batches", "read_video",
+    "VideoInfo", "VideoFrames", "video_info", "iter_frames", "open_video", "iter_batches", "read_video",
     "MP4Writer", "GIFWriter", "video_writer", "write_video", "show_video",
     "MP4_SUFFIXES", "GIF_SUFFIX", "DEFAULT_CRF", "MAX_GIF_FPS",
 ]
@@ -260,6 +260,17 @@ def iter_frames(
     """
     frames, *_ = _start_reading(path, stride, max_frames, max_size, as_numpy)
     return frames
+
+
+def open_video(path: str | Path, *, stride: int = 1, max_frames: int | None = None,
+               max_size: int | None = None) -> tuple[Iterator[torch.Tensor], dict]:
+    """Frames as `iter_frames` gives them, and the header ffmpeg read (``fps``, ``duration``, ``size``).
+
+    One ffmpeg process gives both, where `video_info` followed by `iter_frames` would start more:
+    for a pipeline that must know the frame rate before the first frame arrives.
+    """
+    frames, meta, _, _ = _start_reading(path, stride, max_frames, max_size, False)
+    return frames, meta
 
 
 def iter_batches(path: str | Path, batch_size: int, **options) -> Iterator[torch.Tensor]:
