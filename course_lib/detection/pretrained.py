@@ -306,7 +306,11 @@ def shapes_ssd_detector(device: torch.device | str = "cpu") -> LoadedDetector:
 
 #: Offline detectors by name: a factory ``(device) -> LoadedDetector`` or a ``"module:function"`` path
 #: (imported only when needed). `load_detector` also loads them by name.
-_FALLBACKS: dict[str, Callable[[torch.device], LoadedDetector] | str] = {DEFAULT_FALLBACK: shapes_ssd_detector}
+_FALLBACKS: dict[str, Callable[[torch.device], LoadedDetector] | str] = {
+    DEFAULT_FALLBACK: shapes_ssd_detector,
+    # lesson 5's two-stage detector, imported only when asked for
+    "shapes_faster_rcnn": "course_lib.detection.faster_rcnn.train_shapes:shapes_faster_rcnn_detector",
+}
 
 
 def register_fallback(name: str, factory: Callable[[torch.device], LoadedDetector] | str) -> None:

@@ -8,8 +8,12 @@ trains a small `TwoStageDetector` (Faster R-CNN) on the CPU with two threads, me
 lesson 4's held-out "val" split (the same 500 images, seed 0, that the shapes SSD is measured on,
 with the same helpers and thresholds) and saves the weights with the recipe, the measurements,
 the loss history and the command. Every random choice is seeded, so the same command gives the
-same model (up to floating-point differences between machines). Lesson 5 runs the same function
-with `QUICK_RECIPE` when ``COURSE_QUICK=1``.
+same model (up to floating-point differences between machines and thread counts). Lesson 5 runs
+the same function with `QUICK_RECIPE` when ``COURSE_QUICK=1``.
+
+On a machine shared with other programs, start it with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's
+waiting threads otherwise spin on cores other programs need, and a two-thread step took ten
+times longer on a busy two-core machine (the numbers do not change, only the time).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,6 +34,9 @@ from ..train_shapes_ssd import RECALL_SCORE_THRESHOLD, SMALL_OBJECT_EDGES, shape
 from .config import FasterRCNNConfig
 from .detector import TwoStageDetector, load_faster_rcnn, save_faster_rcnn
 from .region_proposals import ProposalSettings
+
+if TYPE_CHECKING:  # imported when called: the pretrained-detector module loads torchvision's model zoo
+    from ..pretrained import LoadedDetector
 
 __all__ = ["ShapesFasterRCNNRecipe", "QUICK_RECIPE", "SHAPES_FASTER_RCNN_PATH", "train_shapes_faster_rcnn",
            "evaluate_faster_rcnn", "save_shapes_faster_rcnn", "load_shapes_faster_rcnn",
@@ -52,8 +60,9 @@ class ShapesFasterRCNNRecipe:
     image_size: int = 64
     train_images: int = 4000
     val_images: int = 500
-    # training (AdamW, one-cycle learning rate, `course_lib.detection.train.fit`)
-    steps: int = 1500
+    # training (AdamW, one-cycle learning rate, `course_lib.detection.train.fit`): 1,000 steps of 32
+    # images are 8 epochs; 400 steps already give mAP@0.5 ~ 0.99, more steps tighten the boxes
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 3e-3
     hflip: bool = True
@@ -66,10 +75,16 @@ class ShapesFasterRCNNRecipe:
     anchor_scales: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0)
     #: ... and square: the shapes' boxes have aspect ratios between 0.73 and 1.33.
     anchor_ratios: tuple[float, ...] = (1.0,)
+    #: 1,280 anchors on a 16 x 16 map, 1 to 4 objects per image: 128 sampled anchors per image,
+    #: the best 200 -> NMS -> 64 proposals while training (NMS is the slowest step of a training
+    #: pass on the CPU) and 150 -> 50 at test time, 32 sampled ROIs per image.
     rpn_batch_size: int = 128
-    train_proposals: tuple[int, int] = (600, 150)
-    test_proposals: tuple[int, int] = (300, 50)
+    train_proposals: tuple[int, int] = (200, 64)
+    test_proposals: tuple[int, int] = (150, 50)
     roi_batch_size: int = 32
+    #: Objects span 2 to 8 cells of the stride-4 map: 5 x 5 bins of one bilinear sample each
+    #: cover them; RoIAlign's backward pass is the costliest operation of a training step, and
+    #: torchvision's 7 x 7 bins of 2 x 2 samples make it three times slower here.
     pooling: str = "roi_align"
     pooled_size: int = 5
     sampling_ratio: int = 1
@@ -186,10 +201,12 @@ def load_shapes_faster_rcnn(device: str | torch.device = "cpu", path: str | Path
     return load_faster_rcnn(path, map_location=device)
 
 
-def shapes_faster_rcnn_detector(device: torch.device | str = "cpu"):
-    """The shipped two-stage shapes detector as a torchvision-like offline detector (a
-    `course_lib.detection.pretrained.LoadedDetector`), for
-    ``register_fallback("shapes_faster_rcnn", "course_lib.detection.faster_rcnn.train_shapes:shapes_faster_rcnn_detector")``.
+def shapes_faster_rcnn_detector(device: torch.device | str = "cpu") -> LoadedDetector:
+    """The shipped two-stage shapes detector as a torchvision-like offline detector (its
+    `FixedSizeDetector` takes images of any size), for `course_lib.detection.pretrained`::
+
+        register_fallback("shapes_faster_rcnn",
+                          "course_lib.detection.faster_rcnn.train_shapes:shapes_faster_rcnn_detector")
     """
     from ..pretrained import DetectorInfo, FixedSizeDetector, LoadedDetector  # only when asked for
 
