@@ -148,6 +148,25 @@ def _ffmpeg(*arguments: str) -> None:
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-nostdin", *map(str, arguments)], check=True)
 
 
+def _rotate_tag(source, target) -> None:
+    """Copy ``source`` with a tag that says "show me turned 90 degrees counter-clockwise", as phones do.
+
+    ffmpeg 6 and later write it with ``-display_rotation``; older versions (imageio-ffmpeg < 0.6
+    ships ffmpeg 4.2) with the ``rotate`` metadata, which newer ones no longer write.
+    """
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+
+    banner = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout
+    major = int(re.search(r"version n?(\d+)", banner)[1])
+    if major >= 6:
+        _ffmpeg("-display_rotation", "90", "-i", source, "-c", "copy", target)
+    else:
+        _ffmpeg("-i", source, "-c", "copy", "-metadata:s:v:0", "rotate=90", target)
+
+
 def test_other_containers_codecs_sound_and_rotation(tmp_path):
     """A learner's own file: AVI/MPEG-4 with sound, WebM/VP9, a phone video stored sideways."""
     source = ("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=1")
@@ -155,7 +174,7 @@ def test_other_containers_codecs_sound_and_rotation(tmp_path):
     _ffmpeg(*source, *sound, "-c:v", "mpeg4", tmp_path / "talk.avi")
     _ffmpeg(*source, "-c:v", "libvpx-vp9", tmp_path / "web.webm")
     _ffmpeg(*source, "-c:v", "libx264", "-crf", "0", tmp_path / "upright.mp4")
-    _ffmpeg("-display_rotation", "90", "-i", tmp_path / "upright.mp4", "-c", "copy", tmp_path / "sideways.mp4")
+    _rotate_tag(tmp_path / "upright.mp4", tmp_path / "sideways.mp4")
     for name, codec, size in (("talk.avi", "mpeg4", (48, 64)), ("web.webm", "vp9", (48, 64)),
                               ("sideways.mp4", "h264", (64, 48))):  # shown as the phone meant it: turned
         info = video_info(tmp_path / name)
