@@ -506,3 +506,418 @@ def plot_loss_curves(
     if title is not None:
         ax.set_title(title)
     return ax
+
+
+# -- two-stage detectors (lesson 5): pipelines, tasks, masks, keypoints, proposals, ROI bins ------
+
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+__all__ += [
+    "COCO_KEYPOINT_NAMES",
+    "COCO_SKELETON",
+    "draw_pipeline",
+    "draw_masks",
+    "draw_keypoints",
+    "draw_vision_tasks",
+    "draw_proposals",
+    "roi_bins",
+    "draw_roi_bins",
+]
+
+#: `draw_pipeline`: a block's width and height, and the gap between blocks (data units).
+PIPELINE_BLOCK_WIDTH, PIPELINE_BLOCK_HEIGHT, PIPELINE_GAP = 1.7, 0.9, 0.45
+#: Opacity of a mask's colour over the image.
+MASK_ALPHA = 0.5
+#: Proposals are coloured by score with this colormap (dark: low, bright: high).
+PROPOSAL_CMAP = "viridis"
+#: COCO's 17 person keypoints, in the order of torchvision's Keypoint R-CNN outputs ...
+COCO_KEYPOINT_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle",
+)
+#: ... and the pairs COCO joins into a skeleton (0-based indices into the names above).
+COCO_SKELETON = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9), (8, 10),
+    (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)
+#: ROI pooling methods `roi_bins` knows (those of `torchvision.ops`).
+ROI_BIN_METHODS = ("roi_pool", "roi_align")
+
+
+def draw_pipeline(
+    blocks: Sequence[str | tuple[str, str]],
+    links: Sequence[tuple[int, int, str]] = (),
+    ax: Axes | None = None,
+    *,
+    fontsize: float = 9.0,
+    title: str | None = None,
+) -> Axes:
+    """A left-to-right block diagram: ``blocks`` in a row, each joined to the next by an arrow.
+
+    Args:
+        blocks: names, or ``(name, detail)`` pairs; the detail (e.g. a tensor shape) is printed
+            smaller under the name, and may hold line breaks.
+        links: ``(from, to, label)`` block indices for extra arrows, drawn as arcs under the row
+            (e.g. the feature map that skips the RPN and goes straight to ROI pooling).
+    """
+    items = [(b, "") if isinstance(b, str) else tuple(b) for b in blocks]
+    if not items or not all(len(item) == 2 for item in items):
+        raise ValueError("blocks must be a non-empty sequence of names or (name, detail) pairs")
+    n = len(items)
+    for link in links:
+        if len(link) != 3 or not all(isinstance(i, int) and 0 <= i < n for i in link[:2]) or link[0] == link[1]:
+            raise ValueError(f"links must be (from, to, label) with two different block indices in 0..{n - 1}, "
+                             f"got {link!r}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.75 * n + 0.4, 2.4 if links else 1.6))
+    step = PIPELINE_BLOCK_WIDTH + PIPELINE_GAP
+    half_w, half_h = PIPELINE_BLOCK_WIDTH / 2, PIPELINE_BLOCK_HEIGHT / 2
+    colors = palette(n)
+    for i, (name, detail) in enumerate(items):
+        x = i * step
+        ax.add_patch(FancyBboxPatch((x - half_w, -half_h), PIPELINE_BLOCK_WIDTH, PIPELINE_BLOCK_HEIGHT,
+                                    boxstyle="round,pad=0.02,rounding_size=0.12", facecolor=(*colors[i], 0.18),
+                                    edgecolor=colors[i], linewidth=1.5))
+        if detail:
+            ax.text(x, 0.12, name, ha="center", va="center", fontsize=fontsize, fontweight="bold")
+            ax.text(x, -0.17, detail, ha="center", va="center", fontsize=fontsize * 0.8, linespacing=1.1)
+        else:
+            ax.text(x, 0.0, name, ha="center", va="center", fontsize=fontsize, fontweight="bold")
+        if i + 1 < n:
+            ax.add_patch(FancyArrowPatch((x + half_w, 0.0), (x + step - half_w, 0.0), arrowstyle="-|>",
+                                         mutation_scale=12, linewidth=1.2, color="black"))
+    for start, end, label in links:
+        x0, x1 = start * step, end * step
+        ax.add_patch(FancyArrowPatch((x0, -half_h), (x1, -half_h), arrowstyle="-|>", mutation_scale=12,
+                                     linewidth=1.2, color="dimgray", linestyle="--",
+                                     connectionstyle=f"arc3,rad={0.25 if x1 > x0 else -0.25}"))
+        if label:  # under the arc's lowest point: an arc of rad 0.25 dips an eighth of its length
+            ax.text((x0 + x1) / 2, -half_h - abs(x1 - x0) / 8 - 0.08, label, ha="center", va="top",
+                    fontsize=fontsize * 0.8, color="dimgray")
+    bottom = -half_h - (max(abs(b - a) for a, b, _ in links) * step / 8 + 0.4 if links else 0.1)
+    ax.set_xlim(-half_w - 0.1, (n - 1) * step + half_w + 0.1)
+    ax.set_ylim(bottom, half_h + 0.1)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def _masks_array(masks: Any, threshold: float) -> np.ndarray:
+    """(N, H, W) or (N, 1, H, W) masks (bool, or probabilities compared with ``threshold``) -> (N, H, W) bool."""
+    array = _to_numpy(masks)
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3:
+        raise ValueError(f"masks must have shape (N, H, W) or (N, 1, H, W), got {tuple(array.shape)}")
+    return array.astype(bool) if array.dtype == bool else array > threshold
+
+
+def _mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, 4) xyxy boxes around each mask, pixel edges (an empty mask: zeros)."""
+    boxes = np.zeros((len(masks), 4), dtype=np.float64)
+    for i, mask in enumerate(masks):  # a handful of objects
+        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        if len(rows):
+            boxes[i] = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+    return boxes
+
+
+def draw_masks(
+    image: Any,
+    masks: Any,
+    labels: Any = None,
+    ax: Axes | None = None,
+    *,
+    colors: Sequence[Color | str] | None = None,
+    threshold: float = 0.5,
+    alpha: float = MASK_ALPHA,
+    title: str | None = None,
+) -> Axes:
+    """Colour each mask's pixels over ``image`` (later masks over earlier ones).
+
+    Args:
+        masks: (N, H, W) or (N, 1, H, W) as Mask R-CNN returns them: bool, or probabilities that
+            count from ``threshold`` on. The masks must have the image's size.
+        labels: (N,) colour the masks by class (`class_color`); by default each mask gets its own
+            colour (instance by instance), or give ``colors``, one per mask.
+    """
+    ax, (height, width) = _canvas(image, None, ax)
+    mask_array = _masks_array(masks, threshold)
+    n = len(mask_array)
+    if n and mask_array.shape[1:] != (height, width):
+        raise ValueError(f"masks must have the image's size ({height}, {width}), got {tuple(mask_array.shape[1:])}")
+    label_array = _vector(labels, n, "labels")
+    if colors is not None:
+        if len(colors) != n:
+            raise ValueError(f"colors must give one colour per mask ({n}), got {len(colors)}")
+        mask_colors = [to_rgb(c) for c in colors]
+    elif label_array is not None:
+        mask_colors = [class_color(int(label)) for label in label_array]
+    else:
+        mask_colors = palette(n)
+    overlay = np.zeros((height, width, 4), dtype=np.float32)
+    for mask, color in zip(mask_array, mask_colors):
+        overlay[mask] = (*color, alpha)
+    ax.imshow(overlay, extent=(0, width, height, 0), interpolation="nearest")
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def draw_keypoints(
+    image: Any,
+    keypoints: Any,
+    ax: Axes | None = None,
+    *,
+    skeleton: Sequence[tuple[int, int]] | None = COCO_SKELETON,
+    colors: Sequence[Color | str] | None = None,
+    markersize: float = 16.0,
+    title: str | None = None,
+) -> Axes:
+    """Draw each person's keypoints and the skeleton joining them.
+
+    Args:
+        keypoints: (N, K, 3) ``(x, y, visibility)`` as Keypoint R-CNN returns them (points with
+            visibility 0 are left out), or (N, K, 2) ``(x, y)``; pixels.
+        skeleton: pairs of keypoint indices to join (COCO's for its 17 keypoints); ``None``: points only.
+        colors: one colour per person (default: `palette`).
+    """
+    ax, _ = _canvas(image, None, ax)
+    array = _to_numpy(keypoints).astype(np.float64) if keypoints is not None else np.zeros((0, 0, 3))
+    if array.ndim != 3 or array.shape[2] not in (2, 3):
+        raise ValueError(f"keypoints must have shape (N, K, 3) or (N, K, 2), got {tuple(array.shape)}")
+    n, k = array.shape[:2]
+    visible = array[..., 2] > 0 if array.shape[2] == 3 else np.ones((n, k), dtype=bool)
+    if colors is not None and len(colors) != n:
+        raise ValueError(f"colors must give one colour per person ({n}), got {len(colors)}")
+    person_colors = [to_rgb(c) for c in colors] if colors is not None else palette(n)
+    pairs = [(a, b) for a, b in (skeleton or ()) if a < k and b < k]
+    limits = ax.get_xlim(), ax.get_ylim()
+    for points, seen, color in zip(array, visible, person_colors):
+        for a, b in pairs:
+            if seen[a] and seen[b]:
+                ax.plot(points[[a, b], 0], points[[a, b], 1], color=color, linewidth=2.0, alpha=0.9)
+        ax.scatter(points[seen, 0], points[seen, 1], s=markersize, color=color, edgecolors="white",
+                   linewidths=0.6, zorder=3)
+    ax.set_xlim(*limits[0])  # points off the image must not widen the view
+    ax.set_ylim(*limits[1])
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def draw_vision_tasks(
+    image: Any,
+    masks: Any,
+    labels: Any = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    *,
+    image_label: str | None = None,
+    cell_size: float = 3.2,
+) -> Figure:
+    """The four tasks on one photo: classification, semantic segmentation, object detection and
+    instance segmentation, from its objects' masks.
+
+    Args:
+        masks: (N, H, W) bool, one per object.
+        labels: (N,) class of each object (default: all 1).
+        image_label: what a classifier would say about the whole image (default: the most
+            frequent class's name).
+    """
+    height, width = _image_array(image).shape[:2]
+    mask_array = _masks_array(masks, 0.5)
+    n = len(mask_array)
+    if mask_array.shape[1:] != (height, width):
+        raise ValueError(f"masks must have the image's size ({height}, {width}), got {tuple(mask_array.shape[1:])}")
+    label_array = np.ones(n, dtype=np.int64) if labels is None else _vector(labels, n, "labels").astype(np.int64)
+    if image_label is None:
+        image_label = _class_name(int(np.bincount(label_array).argmax()), class_names) if n else "nothing"
+    fig, axes = plt.subplots(1, 4, figsize=(4 * cell_size, cell_size * height / width + 0.5))
+    _canvas(image, None, axes[0])
+    axes[0].set_title(f"classification:\n{image_label}", fontsize=10)
+    classes = sorted(set(label_array.tolist()))
+    semantic = np.stack([mask_array[label_array == c].any(axis=0) for c in classes]) if n else mask_array
+    draw_masks(image, semantic, np.array(classes, dtype=np.int64), ax=axes[1])
+    names = ", ".join(_class_name(c, class_names) for c in classes) or "none"
+    axes[1].set_title(f"semantic segmentation:\na class per pixel ({names})", fontsize=10)
+    draw_boxes(image, _mask_boxes(mask_array), label_array, class_names=class_names, ax=axes[2], fontsize=6)
+    axes[2].set_title(f"object detection:\n{n} boxes with classes", fontsize=10)
+    draw_masks(image, mask_array, ax=axes[3])
+    axes[3].set_title(f"instance segmentation:\n{n} objects, a mask each", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def draw_proposals(
+    image: Any,
+    boxes: Any,
+    scores: Any = None,
+    ax: Axes | None = None,
+    *,
+    max_boxes: int | None = None,
+    cmap: str = PROPOSAL_CMAP,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    linewidth: float = 1.0,
+    colorbar: bool = True,
+    title: str | None = None,
+) -> Axes:
+    """Draw region proposals coloured by score, the best on top.
+
+    Args:
+        boxes: (N, 4) xyxy pixels.
+        scores: (N,) e.g. objectness probabilities; the ``max_boxes`` best are drawn. Without
+            scores the first ``max_boxes`` boxes are drawn in one colour.
+        vmin, vmax: the score range of the colours (default: the drawn scores' range), so that
+            two pictures can share one scale.
+    """
+    ax, _ = _canvas(image, None, ax)
+    box_array = _boxes_array(boxes)
+    score_array = _vector(scores, len(box_array), "scores")
+    if max_boxes is not None and (isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 0):
+        raise ValueError(f"max_boxes must be an int >= 0 or None, got {max_boxes!r}")
+    order = np.arange(len(box_array)) if score_array is None else np.argsort(-score_array, kind="stable")
+    order = order[:max_boxes]
+    if score_array is None:
+        for box in box_array[order]:
+            _add_box(ax, box, TAB10[0], linewidth)
+    else:
+        drawn = score_array[order].astype(np.float64)
+        low = float(drawn.min()) if vmin is None and len(drawn) else (0.0 if vmin is None else vmin)
+        high = float(drawn.max()) if vmax is None and len(drawn) else (1.0 if vmax is None else vmax)
+        norm = Normalize(vmin=low, vmax=high if high > low else low + 1e-9)
+        colormap = plt.get_cmap(cmap)
+        for index in order[::-1]:  # the worst first: the best end up on top
+            _add_box(ax, box_array[index], colormap(norm(float(score_array[index])))[:3], linewidth)
+        if colorbar:
+            ax.figure.colorbar(ScalarMappable(norm=norm, cmap=colormap), ax=ax, fraction=0.046, pad=0.02,
+                               label="score")
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def _round_half_away(values: np.ndarray) -> np.ndarray:
+    """C's ``round`` (what torchvision's ``roi_pool`` uses): halves go away from zero."""
+    return np.sign(values) * np.floor(np.abs(values) + 0.5)
+
+
+def roi_bins(
+    box: Any,
+    spatial_scale: float,
+    output_size: int = 7,
+    *,
+    method: str = "roi_pool",
+    feature_size: tuple[int, int] | None = None,
+    sampling_ratio: int = 2,
+) -> dict[str, np.ndarray]:
+    """Where ``torchvision.ops.roi_pool`` / ``roi_align`` (``aligned=False``) look for one box.
+
+    Coordinates are feature-map cells: cell ``j`` sits at coordinate ``j`` (the convention of both
+    ops). Returns ``{"x": (lo, hi), "y": (lo, hi)}``, each ``(output_size,)``:
+
+    - ``"roi_pool"``: bin ``i`` is the cells ``lo[i] <= j < hi[i]`` (integers): the box is rounded
+      to whole cells, then cut into bins with floor and ceil, clipped to ``feature_size = (H, W)``
+      when given; the op takes the maximum over each bin (0 for an empty one);
+    - ``"roi_align"``: the exact bin edges (floats), plus ``"samples_x"``, ``"samples_y"``
+      ``(output_size, sampling_ratio)``: where each bin is sampled by bilinear interpolation; the op
+      averages the samples of a bin (sampling_ratio <= 0: as many as the bin is cells wide, rounded up).
+
+    box: (4,) xyxy image pixels; spatial_scale: cells per pixel (1 / stride).
+    """
+    if method not in ROI_BIN_METHODS:
+        raise ValueError(f"method must be one of {ROI_BIN_METHODS}, got {method!r}")
+    if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
+        raise ValueError(f"output_size must be a positive int, got {output_size!r}")
+    coords = _to_numpy(box).astype(np.float64).reshape(-1)
+    if coords.shape != (4,):
+        raise ValueError(f"box must have 4 numbers (x1, y1, x2, y2), got shape {tuple(_to_numpy(box).shape)}")
+    steps = np.arange(output_size + 1, dtype=np.float64)
+    result: dict[str, np.ndarray] = {}
+    for axis, (start, end, limit) in (("x", (coords[0], coords[2], None if feature_size is None else feature_size[1])),
+                                      ("y", (coords[1], coords[3], None if feature_size is None else feature_size[0]))):
+        if method == "roi_pool":
+            first, last = _round_half_away(np.array([start, end]) * spatial_scale)
+            bin_size = max(last - first + 1, 1) / output_size
+            lo = np.floor(steps[:-1] * bin_size) + first
+            hi = np.ceil(steps[1:] * bin_size) + first
+            if limit is not None:
+                lo, hi = np.clip(lo, 0, limit), np.clip(hi, 0, limit)
+            result[axis] = (lo.astype(np.int64), hi.astype(np.int64))
+        else:
+            first = start * spatial_scale
+            bin_size = max(end * spatial_scale - first, 1.0) / output_size
+            result[axis] = (first + steps[:-1] * bin_size, first + steps[1:] * bin_size)
+            count = sampling_ratio if sampling_ratio > 0 else int(np.ceil(bin_size))
+            offsets = (np.arange(count) + 0.5) * bin_size / count
+            result[f"samples_{axis}"] = result[axis][0][:, None] + offsets[None, :]
+    return result
+
+
+def draw_roi_bins(
+    box: Any,
+    spatial_scale: float,
+    output_size: int = 7,
+    ax: Axes | None = None,
+    *,
+    feature_map: Any = None,
+    feature_size: tuple[int, int] | None = None,
+    method: str = "roi_pool",
+    sampling_ratio: int = 2,
+    margin: float = 1.5,
+    cmap: str = "magma",
+    title: str | None = None,
+) -> Axes:
+    """One box's ``output_size x output_size`` pooling grid on the feature map (see `roi_bins`).
+
+    The feature map (its mean over channels for (C, H, W)) is drawn cell by cell, cell ``j``
+    centred on coordinate ``j``; the box scaled to the map is dashed white; the bins are cyan:
+    for ``"roi_pool"`` whole cells (the box rounded to the grid, bins of unequal sizes), for
+    ``"roi_align"`` the exact bins with their bilinear sample points. The view is the box plus
+    ``margin`` cells.
+    """
+    if feature_map is not None:
+        array = _to_numpy(feature_map).astype(np.float64)
+        if array.ndim == 3:
+            array = array.mean(axis=0)
+        if array.ndim != 2:
+            raise ValueError(f"feature_map must have shape (H, W) or (C, H, W), got {tuple(_to_numpy(feature_map).shape)}")
+        feature_size = array.shape
+    if feature_size is None:
+        raise ValueError("give a feature_map or its feature_size (H, W)")
+    height, width = _size_pair(feature_size, "feature_size")
+    bins = roi_bins(box, spatial_scale, output_size, method=method, feature_size=(height, width),
+                    sampling_ratio=sampling_ratio)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(FIGURE_WIDTH_INCHES, FIGURE_WIDTH_INCHES))
+    if feature_map is not None:
+        ax.imshow(array, cmap=cmap, extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest")
+    (x_lo, x_hi), (y_lo, y_hi) = bins["x"], bins["y"]
+    shift = 0.5 if method == "roi_pool" else 0.0  # whole cells span [j - 0.5, j + 0.5]
+    for i in range(output_size):
+        for j in range(output_size):
+            x0, y0 = x_lo[j] - shift, y_lo[i] - shift
+            ax.add_patch(Rectangle((x0, y0), x_hi[j] - x_lo[j], y_hi[i] - y_lo[i], fill=False, edgecolor="cyan",
+                                   linewidth=1.0))
+    if method == "roi_align":
+        sx, sy = bins["samples_x"].reshape(-1), bins["samples_y"].reshape(-1)
+        grid_x, grid_y = np.meshgrid(sx, sy)
+        ax.scatter(grid_x.reshape(-1), grid_y.reshape(-1), s=4, color="cyan", zorder=3)
+    scaled = _to_numpy(box).astype(np.float64).reshape(-1) * spatial_scale
+    ax.add_patch(Rectangle((scaled[0], scaled[1]), scaled[2] - scaled[0], scaled[3] - scaled[1], fill=False,
+                           edgecolor="white", linestyle="--", linewidth=1.8))
+    x_low, x_high = min(scaled[0], x_lo[0] - shift), max(scaled[2], x_hi[-1] - shift)
+    y_low, y_high = min(scaled[1], y_lo[0] - shift), max(scaled[3], y_hi[-1] - shift)
+    ax.set_xlim(x_low - margin, x_high + margin)
+    ax.set_ylim(y_high + margin, y_low - margin)
+    ax.set_aspect("equal")
+    ax.set_xlabel("feature-map column")
+    ax.set_ylabel("feature-map row")
+    if title is not None:
+        ax.set_title(title)
+    return ax
