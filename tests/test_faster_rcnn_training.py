@@ -164,8 +164,10 @@ def test_shipped_file_loads_reproduces_its_config_and_finds_the_shapes(shipped):
 
 def test_shipped_detector_as_the_offline_fallback(shipped, monkeypatch):
     from course_lib.detection import pretrained
+    from course_lib.detection.pretrained import offline_detectors
 
-    monkeypatch.setattr(pretrained, "_FALLBACKS", dict(pretrained._FALLBACKS))  # registration stays in this test
+    # registration stays in this test: the registry lives in offline_detectors
+    monkeypatch.setattr(offline_detectors, "_FALLBACKS", dict(offline_detectors._FALLBACKS))
     pretrained.register_fallback("shapes_faster_rcnn",
                                  "course_lib.detection.faster_rcnn.train_shapes:shapes_faster_rcnn_detector")
     loaded = pretrained.load_detector("shapes_faster_rcnn", device="cpu")

@@ -30,7 +30,7 @@ IMPORT = re.compile(r"^\s*(?:from\s+([A-Za-z_][\w.]*)\s+import\b|import\s+([A-Za
                     re.M)
 #: course_lib's files the video part does not need on the GPU machine, and why.
 NOT_VIDEO = {"grading": "the grading part", "lab.py": "starts JupyterLab", "colab.py": "stamps the notebooks",
-             "widgets.py": "the lessons' widgets"}
+             "widgets": "the lessons' widgets"}
 #: Distributions the video part's code imports only in a notebook (course_lib.data.video.show_video).
 NOTEBOOK_ONLY = {"ipython"}
 

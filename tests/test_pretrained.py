@@ -9,8 +9,8 @@ from torchvision.models import get_model_weights
 
 import course_lib.weights as course_weights
 from course_lib.data import CLASSES, ShapesDataset
-from course_lib.detection import pretrained as P
 from course_lib.detection.evaluate import match_detections
+from course_lib.detection.pretrained import loading, offline_detectors
 from course_lib.detection.pretrained import (
     DETECTORS,
     DetectorInfo,
@@ -81,7 +81,7 @@ def test_unknown_name_is_one_line_listing_the_known_ones():
 
 @pytest.mark.parametrize("short", list(DETECTORS))
 def test_metadata_comes_from_the_weights_without_building(short, monkeypatch):
-    monkeypatch.setattr(P, "get_model_builder", lambda name: pytest.fail("metadata must not build a model"))
+    monkeypatch.setattr(loading, "get_model_builder", lambda name: pytest.fail("metadata must not build a model"))
     enum = get_model_weights(DETECTORS[short])
     meta = enum.DEFAULT.meta
     info = detector_info(short)
@@ -216,7 +216,7 @@ def test_offline_without_fallback_raises_and_prints_nothing(places, capsys):
 
 
 def test_fallbacks_are_pluggable(places, monkeypatch, capsys, shapes_detector):
-    monkeypatch.setattr(P, "_FALLBACKS", dict(P._FALLBACKS))
+    monkeypatch.setattr(offline_detectors, "_FALLBACKS", dict(offline_detectors._FALLBACKS))  # the registry's home
     calls = []
 
     def factory(device):

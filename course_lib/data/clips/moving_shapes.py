@@ -1,38 +1,17 @@
-"""Short video clips that need no download: moving shapes with known tracks, and camera moves over photos.
-
-`shapes_clip` draws circles, squares and triangles exactly as `ShapesDataset` does (same drawing
-code, sizes, colours, background and noise), now moving. Some objects stay in view, moving at
-constant velocity and bouncing off the frame's edges and off each other like billiard balls (so
-they do not pile up: the detector was trained on objects that overlap little); others enter
-through an edge, cross faster and leave, passing in front of or behind the rest (the smaller one
-in front, as in the dataset): occlusions now and then. Every frame comes with its ground truth:
-tight boxes of the visible pixels, labels, track ids. At 64 x 64 pixels it is what the course's
-shapes SSD (`course_lib.detection.load_shapes_ssd`) was trained to see, and it finds about as
-many of the objects as on its own validation images.
-
-`photo_clip` pans and zooms over the photographs that ship with scikit-image and matplotlib
-(`sample_image`), with a cut between photographs: real objects for COCO detectors.
-
-Both are drawn in memory in a fraction of a second, the same for the same arguments, and write
-themselves to MP4 or GIF with ``clip.write(path)``:
-
-    >>> clip = shapes_clip()                       # frames (96, 3, 64, 64) uint8, 12 fps
-    >>> clip.targets[0]["boxes"], clip.targets[0]["track_ids"]
-    >>> photos = photo_clip()                      # frames (72, 3, 240, 320) uint8, 12 fps
-    >>> photos.write("photos.mp4")
+"""A clip of moving shapes with its ground truth: circles, squares and triangles drawn by
+`ShapesDataset`'s own code, bouncing off the edges and off each other, or crossing the frame and
+leaving (occlusions now and then), with tight boxes, labels, track ids and visibility in every frame.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-from .images import sample_image, sample_image_names
-from .shapes import (
+from ..shapes import (
     CLASSES,
     MAX_OBJECTS_LIMIT,
     MIN_IMAGE_SIZE,
@@ -44,20 +23,14 @@ from .shapes import (
     _tight_boxes,
     _visible_masks,
 )
+from .clip_arguments import _UINT8_MAX, _check_count, _check_fps, _seeded
 
-__all__ = [
-    "ShapesClip", "PhotoClip", "shapes_clip", "photo_clip",
-    "FIRST_TRACK_ID", "DEFAULT_PHOTOS", "SHAPES_CLIP_SIZE", "PHOTO_CLIP_SIZE",
-]
+__all__ = ["ShapesClip", "shapes_clip", "FIRST_TRACK_ID", "SHAPES_CLIP_SIZE"]
 
 #: Track ids count from 1 (as in MOTChallenge files).
 FIRST_TRACK_ID = 1
 #: The image size the course's shapes SSD was trained on.
 SHAPES_CLIP_SIZE = 64
-#: Photographs with COCO objects in them: a person, a cat, a cup, a motorcycle.
-DEFAULT_PHOTOS = ("astronaut", "chelsea", "coffee", "motorcycle")
-#: (H, W) of the photo clip: 4:3, small enough for CPU detectors.
-PHOTO_CLIP_SIZE = (240, 320)
 #: A crossing object enters during the first this fraction of the clip, so it has time to cross, ...
 ENTRY_WINDOW = 0.4
 #: ... and moves faster than the bouncing ones: between the fastest of them and this many times that.
@@ -73,32 +46,6 @@ MAX_CROWDED_SHARE = 0.15
 MOTION_CANDIDATES = 32
 #: Random positions tried for each bouncing object so that it starts clear of the others.
 PLACEMENT_CANDIDATES = 64
-#: A zoomed shot shows this fraction range of the largest crop with the clip's aspect ratio.
-DEFAULT_ZOOM = (0.5, 0.8)
-_UINT8_MAX = 255
-
-
-def _seeded(kind: str, seed: int) -> torch.Generator:
-    """A generator for ``(kind, seed)``: each clip kind and seed gets its own stream."""
-    _check_count(seed, "seed", 0)
-    digest = hashlib.blake2b(f"{kind}/{seed}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
-
-
-def _check_count(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
-def _check_fps(fps: Any) -> float:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)):
-        raise TypeError(f"fps must be a number, got {type(fps).__name__}")
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps}")
-    return float(fps)
 
 
 class ShapesClip(NamedTuple):
@@ -122,13 +69,13 @@ class ShapesClip(NamedTuple):
 
         ``draw_boxes`` draws each ground-truth box in its track's colour.
         """
-        from .video import write_video
+        from ..video import write_video
 
         frames = self.frames
         if draw_boxes:
             from torchvision.utils import draw_bounding_boxes
 
-            from ..viz import class_color
+            from ...viz import class_color
 
             def colors(ids: torch.Tensor) -> list[tuple[int, ...]]:
                 return [tuple(round(_UINT8_MAX * c) for c in class_color(int(i))[:3]) for i in ids]
@@ -137,27 +84,6 @@ class ShapesClip(NamedTuple):
                 draw_bounding_boxes(frame, t["boxes"], colors=colors(t["track_ids"]), width=1) if len(t["boxes"])
                 else frame for frame, t in zip(frames, self.targets)])
         return write_video(path, frames, self.fps, **options)
-
-
-class PhotoClip(NamedTuple):
-    """`photo_clip`'s result; unpacks as ``frames, fps, image_names, crop_boxes, cuts = clip``.
-
-    frames: (T, 3, H, W) uint8; fps: frames per second. image_names: T names, the photograph each frame shows.
-    crop_boxes: (T, 4) float32 xyxy, the part of that photograph (in its pixels) each frame shows.
-    cuts: the first frame of every shot (0 first).
-    """
-
-    frames: torch.Tensor
-    fps: float
-    image_names: tuple[str, ...]
-    crop_boxes: torch.Tensor
-    cuts: tuple[int, ...]
-
-    def write(self, path: str | Path, **options) -> Path:
-        """Save as MP4 or GIF (by ``path``'s ending; ``options`` go to `video.write_video`)."""
-        from .video import write_video
-
-        return write_video(path, self.frames, self.fps, **options)
 
 
 # -- moving shapes -------------------------------------------------------------------------------
@@ -366,84 +292,3 @@ def shapes_clip(
                 "visibility": visibility.float(), **({"masks": masks} if return_masks else {})}
                for shown, masks, visibility in objects]
     return ShapesClip(torch.stack(frames), fps, targets)
-
-
-# -- camera moves over photographs ---------------------------------------------------------------
-
-def _full_crop(height: int, width: int, aspect: float) -> torch.Tensor:
-    """(4,) the largest centred box of width/height ratio ``aspect`` inside an image."""
-    crop_w, crop_h = min(width, height * aspect), min(height, width / aspect)
-    x1, y1 = (width - crop_w) / 2, (height - crop_h) / 2
-    return torch.tensor([x1, y1, x1 + crop_w, y1 + crop_h])
-
-
-def photo_clip(
-    names: Sequence[str] = DEFAULT_PHOTOS,
-    *,
-    size: tuple[int, int] = PHOTO_CLIP_SIZE,
-    seconds_per_image: float = 1.5,
-    fps: float = 12.0,
-    zoom: tuple[float, float] = DEFAULT_ZOOM,
-    seed: int = 0,
-) -> PhotoClip:
-    """Smooth camera moves over sample photographs, one shot per photograph, cut to the next.
-
-    Each shot zooms from the whole photograph (the largest crop with the clip's aspect ratio) into
-    a random part of it, or from there back out (alternately), easing in and out. Crops are
-    resampled with antialiasing (`torchvision.ops.roi_align` averages several samples per output
-    pixel), at sub-pixel positions, so slow moves do not jitter.
-
-    Args:
-        names: photographs, from `sample_image_names()`; one shot each, in this order.
-        size: (H, W) of the frames.
-        seconds_per_image, fps: the length of each shot and the frame rate.
-        zoom: (smallest, largest) size of the zoomed crop, as a fraction of the whole photograph.
-        seed: the same seed gives the same clip.
-
-    Returns:
-        `PhotoClip`: frames (T, 3, H, W) uint8 with T = len(names) * round(seconds_per_image * fps),
-        fps, each frame's photograph name and crop box (T, 4), and the cuts.
-    """
-    from torchvision.ops import roi_align
-
-    if isinstance(names, str) or not isinstance(names, Sequence) or len(names) == 0:
-        raise ValueError(f"names must be a non-empty sequence of sample image names, got {names!r}")
-    available = sample_image_names()
-    for name in names:  # before any work: a typo in the last name should not wait for the others
-        if not isinstance(name, str):
-            raise TypeError(f"names must hold str names, got {type(name).__name__}")
-        if name not in available:
-            raise ValueError(f"unknown sample image {name!r} in names; available: {', '.join(available)}")
-    if not (isinstance(size, Sequence) and len(size) == 2):
-        raise ValueError(f"size must be an (H, W) pair, got {size!r}")
-    height, width = (_check_count(s, "size", 8) for s in size)
-    fps = _check_fps(fps)
-    if not (isinstance(seconds_per_image, (int, float)) and seconds_per_image > 0):
-        raise ValueError(f"seconds_per_image must be a positive number, got {seconds_per_image!r}")
-    if not (isinstance(zoom, Sequence) and len(zoom) == 2 and 0 < zoom[0] <= zoom[1] <= 1):
-        raise ValueError(f"zoom must be a (smallest, largest) pair in (0, 1], got {zoom!r}")
-    per_shot = max(1, round(seconds_per_image * fps))
-    generator = _seeded("photo-clip", seed)
-    # Ease in and out (smoothstep): the camera starts and stops without a jerk.
-    u = torch.linspace(0.0, 1.0, per_shot) if per_shot > 1 else torch.zeros(1)
-    ease = (3 * u**2 - 2 * u**3)[:, None]
-
-    frames, crops = [], []
-    for shot, name in enumerate(names):
-        image = sample_image(name, as_uint8=True).float()  # (3, h, w)
-        full = _full_crop(*image.shape[1:], width / height)
-        scale, x, y = torch.rand(3, generator=generator)
-        scale = zoom[0] + (zoom[1] - zoom[0]) * float(scale)
-        extent = (full[2:] - full[:2]) * scale
-        # Anywhere in the photograph: a linear path between two crops inside it stays inside it.
-        corner = torch.stack([x, y]) * (torch.tensor(image.shape[:0:-1]) - extent)
-        zoomed = torch.cat([corner, corner + extent])
-        start, end = (full, zoomed) if shot % 2 == 0 else (zoomed, full)
-        boxes = start + (end - start) * ease  # (per_shot, 4)
-        pixels = roi_align(image[None], [boxes], output_size=(height, width), spatial_scale=1.0,
-                           sampling_ratio=-1, aligned=True)  # -1: as many samples as the shrink needs
-        frames.append(pixels.round().clamp(0, _UINT8_MAX).to(torch.uint8))
-        crops.append(boxes)
-    image_names = tuple(name for name in names for _ in range(per_shot))
-    cuts = tuple(range(0, per_shot * len(names), per_shot))
-    return PhotoClip(torch.cat(frames), fps, image_names, torch.cat(crops).float(), cuts)
