@@ -1,7 +1,11 @@
 """course_lib.detection.video_detection: the overlapped decode -> detect -> draw -> encode pipeline,
-checked against `predict`, the drawing functions and the video readers, and for clean shutdowns."""
+checked against `predict`, the drawing functions and the video readers, for clean shutdowns, and with
+several detection workers against one (the course's and torchvision's detectors); the lecture's
+frame-by-frame loop against the pipeline."""
 from __future__ import annotations
 
+import contextlib
+import re
 import subprocess
 import sys
 import threading
@@ -19,7 +23,8 @@ from course_lib.detection.annotate import annotate_frames, font_path, font_size_
 from course_lib.detection.pretrained import LoadedDetector, predict, shapes_ssd_detector
 from course_lib.detection.tracking import IoUTracker, Track
 from course_lib.detection.trails import draw_tracks
-from course_lib.detection.video_detection import DEFAULT_BATCH_SIZE, STAGES, VideoTimings, detect_video
+from course_lib.detection.video_detection import (DEFAULT_BATCH_SIZE, MAX_DEFAULT_WORKERS, QUEUE_BATCHES, STAGES,
+                                                   VideoTimings, default_workers, detect_video, frame_by_frame)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NUM_FRAMES = 12
@@ -235,7 +240,7 @@ def test_an_error_in_the_model_names_the_frames_and_cleans_up(clip_file, detecto
     before = set(threading.enumerate())
     model = Failing(detector.model, fail_on_call=2, error=ValueError("boom\nsecond line")).eval()
     with pytest.raises(RuntimeError) as caught:
-        detect_video(clip_file, model, tmp_path / "broken.mp4", batch_size=4, progress=False)
+        detect_video(clip_file, model, tmp_path / "broken.mp4", batch_size=4, workers=1, progress=False)
     message = str(caught.value)
     assert "Failing failed on frames 4..7 of shapes.mp4: ValueError: boom second line" in message
     assert "\n" not in message and isinstance(caught.value.__cause__, ValueError)
@@ -247,7 +252,7 @@ def test_keyboard_interrupt_in_the_model_stops_everything(clip_file, detector, t
     before = set(threading.enumerate())
     model = Failing(detector.model, fail_on_call=2, error=KeyboardInterrupt()).eval()
     with pytest.raises(KeyboardInterrupt):
-        detect_video(clip_file, model, tmp_path / "stopped.mp4", batch_size=2, progress=False)
+        detect_video(clip_file, model, tmp_path / "stopped.mp4", batch_size=2, workers=1, progress=False)
     _assert_cleaned_up(before)
     if (tmp_path / "stopped.mp4").exists():  # what was written before the interrupt still plays
         assert video_info(tmp_path / "stopped.mp4").num_frames <= 2
@@ -311,6 +316,8 @@ def test_missing_and_unreadable_files(detector, tmp_path):
     ({"compare_with": 3}, TypeError, "compare_with must be"),
     ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
     ({"batch_size": 2.0}, TypeError, "batch_size must be an int"),
+    ({"workers": 0}, ValueError, "workers must be >= 1"),
+    ({"workers": 1.5}, TypeError, "workers must be an int or None"),
     ({"score_threshold": 1.5}, ValueError, "score_threshold"),
     ({"output": "out.avi"}, ValueError, "output must end in .gif"),
     ({"output": 7}, TypeError, "output must be a str"),
@@ -333,6 +340,306 @@ def test_bad_arguments_are_one_line_errors(clip, detector, tmp_path, kwargs, err
         detect_video(**arguments)
     assert words in str(caught.value) and "\n" not in str(caught.value)
     assert not [t for t in threading.enumerate() if t.name.startswith("detect_video")]
+
+
+# -- several detection workers ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Recording(nn.Module):
+    """Wraps a detector; records, per forward call, its thread, torch's thread count, grad and
+    inference modes, its batch, and whether the model was in training mode. The first call of each
+    of the first ``meet`` threads waits for the others there: the passes provably overlap."""
+
+    def __init__(self, inner: nn.Module, meet: int = 0):
+        super().__init__()
+        self.inner, self.calls, self.lock = inner, [], threading.Lock()
+        self.barrier = threading.Barrier(meet) if meet > 1 else None
+        self.met: set[str] = set()
+
+    def forward(self, images):
+        name = threading.current_thread().name
+        with self.lock:
+            first = self.barrier is not None and name not in self.met and len(self.met) < self.barrier.parties
+            self.met.add(name)
+            self.calls.append({"thread": name, "threads": torch.get_num_threads(), "batch": len(images),
+                               "grad": torch.is_grad_enabled(), "inference": torch.is_inference_mode_enabled(),
+                               "training": self.training})
+        if first:
+            self.barrier.wait(timeout=20)  # BrokenBarrierError if the passes did not run at the same time
+        return self.inner(images)
+
+
+@pytest.mark.parametrize("workers, batch_size", [(2, 1), (2, 5), (3, 2), (4, NUM_FRAMES)])
+def test_workers_give_the_detections_of_one(clip, detector, tmp_path, workers, batch_size):
+    """Detections, tracks and pictures in frame order, identical to one worker's (same kernels: 1 thread)."""
+    with torch_threads(1):
+        one = detect_video(clip, detector, track=True, keep_frames=True, batch_size=batch_size, workers=1,
+                           progress=False)
+        several = detect_video(clip, detector, tmp_path / "w.mp4", track=True, keep_frames=True,
+                               batch_size=batch_size, workers=workers, progress=False)
+    _same(several.detections, one.detections)
+    _same(several.detections, predict(detector, clip.frames, 0.5, batch_size=batch_size))
+    assert [[t.id for t in frame] for frame in several.tracks] == [[t.id for t in frame] for frame in one.tracks]
+    assert torch.equal(several.frames, one.frames)
+    assert video_info(tmp_path / "w.mp4").num_frames == NUM_FRAMES
+    assert (several.timings.workers, one.timings.workers) == (workers, 1)
+
+
+def test_workers_run_at_the_same_time_on_one_torch_thread_each(clip, detector):
+    before = set(threading.enumerate())
+    model = Recording(detector.model, meet=2).eval()
+    with torch_threads(2):
+        result = detect_video(clip, model, batch_size=2, workers=2, progress=False)
+        assert torch.get_num_threads() == 2  # restored
+    threads = {call["thread"] for call in model.calls}
+    assert threads == {threading.current_thread().name, "detect_video-detector-1"}  # the caller is a worker
+    assert {call["threads"] for call in model.calls} == {1}  # 2 threads shared by 2 workers
+    assert all(call["inference"] and not call["training"] for call in model.calls)
+    assert sum(call["batch"] for call in model.calls) == NUM_FRAMES and result.timings.threads == 1
+    _same(result.detections, predict(detector, clip.frames, 0.5, batch_size=2))
+    _assert_cleaned_up(before)
+
+
+@pytest.mark.parametrize("budget, workers, per_worker", [(4, 2, 2), (4, 3, 1), (2, 4, 1), (3, 1, 3)])
+def test_workers_share_torch_s_threads(clip, detector, budget, workers, per_worker):
+    model = Recording(detector.model).eval()
+    with torch_threads(budget):
+        result = detect_video(clip, model, batch_size=3, workers=workers, progress=False)
+        assert torch.get_num_threads() == budget
+    assert {call["threads"] for call in model.calls} == {per_worker} and result.timings.threads == per_worker
+
+
+def test_default_workers():
+    with torch_threads(2):
+        assert default_workers("cpu") == 2 and default_workers(torch.device("cpu")) == 2
+        assert default_workers("cuda") == 1  # a GPU is already parallel
+    with torch_threads(1):
+        assert default_workers("cpu") == 1
+    with torch_threads(MAX_DEFAULT_WORKERS + 3):
+        assert default_workers("cpu") == MAX_DEFAULT_WORKERS
+
+
+def test_workers_default_follows_the_device(clip, detector):
+    with torch_threads(2):
+        assert detect_video(clip, detector, max_frames=2, progress=False).timings.workers == 2
+    with torch_threads(1):
+        assert detect_video(clip, detector, max_frames=2, progress=False).timings.workers == 1
+
+
+class Slow(nn.Module):
+    """Wraps a detector; its first forward call sleeps up to ``seconds`` (ends early when ``release`` is
+    set) and counts the calls the other workers start meanwhile."""
+
+    def __init__(self, inner: nn.Module, seconds: float):
+        super().__init__()
+        self.inner, self.seconds, self.lock = inner, seconds, threading.Lock()
+        self.calls, self.during_first, self.first_done = 0, 0, threading.Event()
+
+    def forward(self, images):
+        with self.lock:
+            self.calls += 1
+            first = self.calls == 1
+            if not first and not self.first_done.is_set():
+                self.during_first += 1
+        if first:
+            time.sleep(self.seconds)
+            self.first_done.set()
+        return self.inner(images)
+
+
+def test_a_slow_batch_keeps_its_place_and_the_memory_stays_bounded(detector):
+    """The other workers go on while one batch is slow; the writer keeps the frame order, and no more
+    than a fixed number of batches wait between reading and writing."""
+    frames = shapes_clip(num_frames=24, seed=5)
+    model = Slow(detector.model, seconds=1.0).eval()
+    workers = 2
+    with torch_threads(2):
+        result = detect_video(frames, model, batch_size=1, workers=workers, keep_frames=True,
+                              categories=detector.categories, progress=False)
+    assert 0 < model.during_first <= 2 * QUEUE_BATCHES + workers + 1  # all the other 23 without the bound
+    _same(result.detections, predict(detector, frames.frames, 0.5, batch_size=1))
+    assert torch.equal(result.frames, annotate_frames(frames.frames, result.detections, detector.categories))
+
+
+class FailsOnFrame(nn.Module):
+    """Wraps a detector; raises ``error`` on a batch holding ``frame`` (whichever worker runs it)."""
+
+    def __init__(self, inner: nn.Module, frame: torch.Tensor, error: BaseException):
+        super().__init__()
+        self.inner, self.frame, self.error = inner, frame.float() / 255, error
+
+    def forward(self, images):
+        if any(torch.equal(image, self.frame) for image in images):
+            raise self.error
+        return self.inner(images)
+
+
+@pytest.mark.parametrize("error, expected", [(ValueError("boom"), RuntimeError), (KeyboardInterrupt(), KeyboardInterrupt)])
+def test_errors_in_any_worker_surface_and_clean_up(clip, clip_file, detector, tmp_path, error, expected):
+    before = set(threading.enumerate())
+    frames, _ = read_video(clip_file)
+    model = FailsOnFrame(detector.model, frames[7], error)
+    model.training = True  # the wrapper alone in training mode: detect_video runs it in eval mode, then restores
+    with torch_threads(2):
+        with pytest.raises(expected) as caught:
+            detect_video(clip_file, model, tmp_path / "broken.mp4", batch_size=3, workers=2, progress=False)
+        assert torch.get_num_threads() == 2
+    if expected is RuntimeError:
+        assert "FailsOnFrame failed on frames 6..8 of shapes.mp4: ValueError: boom" in str(caught.value)
+        assert caught.value.__cause__ is error
+    assert model.training and not model.inner.training  # each module's mode as it was
+    _assert_cleaned_up(before)
+    if (tmp_path / "broken.mp4").exists():  # what was written before the error still plays
+        assert video_info(tmp_path / "broken.mp4").num_frames <= 6
+
+
+def test_torch_threads_are_restored_after_an_error(clip, detector):
+    model = FailsOnFrame(detector.model, clip.frames[4], ValueError("boom")).eval()
+    with torch_threads(2):
+        with pytest.raises(RuntimeError, match="frames 4..5"):
+            detect_video(clip, model, batch_size=2, workers=2, progress=False)
+        assert torch.get_num_threads() == 2
+
+
+def _torchvision_detectors():
+    from torchvision.models import detection
+
+    random = {"weights": None, "weights_backbone": None}  # nothing to download
+    small = {"min_size": 128, "max_size": 128, **random}  # a small input keeps the ResNet-50 detectors fast
+    return {  # with random weights every score is low: the detectors' own thresholds at 0 keep all boxes
+        "ssdlite320_mobilenet_v3_large": lambda: detection.ssdlite320_mobilenet_v3_large(score_thresh=0.0, **random),
+        "fasterrcnn_mobilenet_v3_large_320_fpn": lambda: detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+            box_score_thresh=0.0, **random),
+        "retinanet_resnet50_fpn": lambda: detection.retinanet_resnet50_fpn(score_thresh=0.0, **small),
+        "fcos_resnet50_fpn": lambda: detection.fcos_resnet50_fpn(score_thresh=0.0, **small),
+    }
+
+
+CONCURRENT_MODELS = ["shapes_ssd", "shapes_faster_rcnn", *_torchvision_detectors()]
+
+
+@pytest.mark.parametrize("name", CONCURRENT_MODELS)
+def test_concurrent_forward_passes_of_one_model_are_identical_to_serial_ones(name):
+    """Three threads run one eval-mode model at the same time, each on its own batches: every result is
+    bit for bit the one a single thread gets (the passes only read the model; nothing is cached in it)."""
+    if name == "shapes_ssd":
+        net = shapes_ssd_detector("cpu").model
+    elif name == "shapes_faster_rcnn":
+        from course_lib.detection.faster_rcnn.train_shapes import shapes_faster_rcnn_detector
+
+        net = shapes_faster_rcnn_detector("cpu").model  # FixedSizeDetector around the two-stage detector
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = _torchvision_detectors()[name]().eval()
+    generator = torch.Generator().manual_seed(1)
+    batches = [list(torch.randint(0, 256, (2, 3, 96, 128), generator=generator).float() / 255) for _ in range(6)]
+    with torch_threads(1), torch.inference_mode():
+        serial = [net(batch) for batch in batches]
+        results: dict[int, list] = {}
+        barrier = threading.Barrier(3)
+
+        def work(first: int) -> None:
+            with torch.inference_mode():
+                barrier.wait(timeout=20)
+                for index in range(first, len(batches), 3):
+                    results[index] = net(batches[index])
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert sorted(results) == list(range(len(batches)))
+    assert sum(len(found["scores"]) for batch in serial for found in batch) > 0  # something to compare
+    for expected, got in zip(serial, (results[k] for k in range(len(batches)))):
+        _same(got, expected)
+
+
+# -- the lecture's loop ------------------------------------------------------------------------------
+
+
+def test_frame_by_frame_is_the_lecture_s_loop(clip_file, detector, tmp_path):
+    """One frame per forward pass, autograd on, the detections of `predict` and the very video of `detect_video`."""
+    model = Recording(detector.model).eval()
+    loop = frame_by_frame(clip_file, LoadedDetector(model, detector.info), tmp_path / "loop.mp4")
+    assert [call["batch"] for call in model.calls] == [1] * NUM_FRAMES
+    assert all(call["grad"] and not call["inference"] and not call["training"] for call in model.calls)
+    frames, fps = read_video(clip_file)
+    for got, expected in zip(loop.detections, predict(detector, frames, 0.5, batch_size=1)):
+        assert torch.equal(got["labels"], expected["labels"])
+        torch.testing.assert_close(got["boxes"], expected["boxes"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-5, rtol=0)
+    assert loop.runs[0].name == "shapes_ssd" and loop.runs[0].categories == detector.categories
+    assert (loop.fps, loop.frame_size, loop.output) == (fps, (64, 64), tmp_path / "loop.mp4")
+    pipeline = detect_video(clip_file, detector, tmp_path / "pipeline.mp4", progress=False)
+    assert torch.equal(read_video(tmp_path / "loop.mp4")[0], read_video(tmp_path / "pipeline.mp4")[0])
+    timings = loop.timings
+    assert timings.frames == NUM_FRAMES and timings.workers == 1 and timings.cpu_seconds > 0
+    assert all(timings.stage_seconds[s] > 0 for s in ("decode", "convert", "detect", "draw", "encode"))
+    assert timings.stage_seconds["track"] == 0
+    assert sum(timings.stage_seconds.values()) <= timings.seconds  # one stage after the other
+    assert _ffmpeg_children() == []
+
+
+def test_frame_by_frame_threads_limits_and_gif(clip_file, detector, tmp_path):
+    model = Recording(detector.model).eval()
+    with torch_threads(2):
+        loop = frame_by_frame(clip_file, model, tmp_path / "loop.gif", max_frames=3, threads=1, score_threshold=0.2,
+                              categories=detector.categories)
+        assert torch.get_num_threads() == 2
+    assert {call["threads"] for call in model.calls} == {1} and loop.timings.threads == 1
+    assert len(loop.detections) == 3 and video_info(tmp_path / "loop.gif").num_frames == 3
+    assert all((found["scores"] >= 0.2).all() for found in loop.detections)
+    assert loop.runs[0].name == "Recording"
+    nothing = frame_by_frame(clip_file, detector, max_frames=0)
+    assert nothing.detections == [] and nothing.output is None and nothing.timings.frames == 0
+
+
+@pytest.mark.parametrize("error", [ValueError("boom"), KeyboardInterrupt()])
+def test_frame_by_frame_errors_end_ffmpeg_and_restore_the_model(clip_file, detector, tmp_path, error):
+    model = Failing(detector.model, fail_on_call=3, error=error)
+    model.training = True  # the wrapper alone: the loop runs it in eval mode, then restores each module's mode
+    with torch_threads(2):
+        with pytest.raises(type(error)):
+            frame_by_frame(clip_file, model, tmp_path / "cut.mp4", threads=1)
+        assert torch.get_num_threads() == 2
+    assert model.training and not model.inner.training
+    assert _ffmpeg_children() == []
+    assert video_info(tmp_path / "cut.mp4").num_frames == 2  # the frames before the error stay playable
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"video": "nowhere.mp4"}, FileNotFoundError, "no video file at"),
+    ({"video": "notes.mp4"}, ValueError, "cannot read"),
+    ({"video": torch.zeros(2, 3, 8, 8, dtype=torch.uint8)}, TypeError, "video must be the path"),
+    ({"detector": "ssd"}, TypeError, "detector must be"),
+    ({"output": "out.avi"}, ValueError, "output must end in"),
+    ({"score_threshold": -0.1}, ValueError, "score_threshold"),
+    ({"max_frames": -1}, ValueError, "max_frames must be >= 0"),
+    ({"threads": 0}, ValueError, "threads must be >= 1"),
+])
+def test_frame_by_frame_bad_arguments(clip_file, detector, tmp_path, kwargs, error, words):
+    (tmp_path / "notes.mp4").write_bytes(b"not a video")
+    arguments = {"video": clip_file, "detector": detector, **kwargs}
+    for key in ("video", "output"):
+        if isinstance(arguments.get(key), str):
+            arguments[key] = tmp_path / arguments[key]
+    with pytest.raises(error) as caught:
+        frame_by_frame(**arguments)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+    assert _ffmpeg_children() == []
+
 
 
 # -- the benchmark -----------------------------------------------------------------------------------
