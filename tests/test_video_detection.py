@@ -5,7 +5,6 @@ frame-by-frame loop against the pipeline."""
 from __future__ import annotations
 
 import contextlib
-import re
 import subprocess
 import sys
 import threading
@@ -18,7 +17,8 @@ from torch import nn
 
 from course_lib.data.clips import shapes_clip
 from course_lib.data.video import read_video, video_info, write_video
-from course_lib.detection import video_detection
+from course_lib.detection.video_detection import arguments as video_arguments
+from course_lib.detection.video_detection import pipeline as video_pipeline
 from course_lib.detection.annotate import annotate_frames, font_path, font_size_for, side_by_side
 from course_lib.detection.pretrained import LoadedDetector, predict, shapes_ssd_detector
 from course_lib.detection.tracking import IoUTracker, Track
@@ -262,7 +262,7 @@ def test_keyboard_interrupt_in_the_model_stops_everything(clip_file, detector, t
                                              (KeyboardInterrupt(), KeyboardInterrupt)])
 def test_errors_while_drawing_surface_in_the_caller(clip_file, detector, tmp_path, monkeypatch, error, expected):
     before = set(threading.enumerate())
-    real = video_detection.draw_detections
+    real = video_pipeline.draw_detections  # where the writer thread looks it up
     calls = []
 
     def draw(*args, **kwargs):
@@ -271,7 +271,7 @@ def test_errors_while_drawing_surface_in_the_caller(clip_file, detector, tmp_pat
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(video_detection, "draw_detections", draw)
+    monkeypatch.setattr(video_pipeline, "draw_detections", draw)
     with pytest.raises(expected) as caught:
         detect_video(clip_file, detector, tmp_path / "half.mp4", batch_size=2, progress=False)
     if expected is RuntimeError:
@@ -283,7 +283,7 @@ def test_errors_while_drawing_surface_in_the_caller(clip_file, detector, tmp_pat
 
 def test_an_error_while_decoding_surfaces_and_cleans_up(clip, clip_file, detector, monkeypatch, tmp_path):
     before = set(threading.enumerate())
-    real = video_detection.open_video
+    real = video_arguments.open_video  # where detect_video's file opener looks it up
 
     def open_video(path, **options):
         frames, meta = real(path, **options)
@@ -296,7 +296,7 @@ def test_an_error_while_decoding_surfaces_and_cleans_up(clip, clip_file, detecto
 
         return broken(), meta
 
-    monkeypatch.setattr(video_detection, "open_video", open_video)
+    monkeypatch.setattr(video_arguments, "open_video", open_video)
     with pytest.raises(ValueError, match="cannot read frame 7"):
         detect_video(clip_file, detector, tmp_path / "cut.mp4", batch_size=3, progress=False)
     _assert_cleaned_up(before)
@@ -584,6 +584,7 @@ def test_frame_by_frame_is_the_lecture_s_loop(clip_file, detector, tmp_path):
     assert (loop.fps, loop.frame_size, loop.output) == (fps, (64, 64), tmp_path / "loop.mp4")
     pipeline = detect_video(clip_file, detector, tmp_path / "pipeline.mp4", progress=False)
     assert torch.equal(read_video(tmp_path / "loop.mp4")[0], read_video(tmp_path / "pipeline.mp4")[0])
+    assert [d["labels"].tolist() for d in pipeline.detections] == [d["labels"].tolist() for d in loop.detections]
     timings = loop.timings
     assert timings.frames == NUM_FRAMES and timings.workers == 1 and timings.cpu_seconds > 0
     assert all(timings.stage_seconds[s] > 0 for s in ("decode", "convert", "detect", "draw", "encode"))
