@@ -3,8 +3,9 @@
 Builds a class of COPIES submissions of one assignment (its solution, submitted as it is). First
 plain nbgrader, the way a course without this grader runs it: one `nbgrader autograde <assignment>
 --student <id>` process per student, one after the other, in an nbgrader course folder. Then
-`course grade` (sandboxed kernels, the grader's own checks) with each worker count, its kernels
-forked from a warm kernel factory (the default) and, with ``--cold``, also started from scratch.
+`course grade` (sandboxed kernels, then the verdict process that decides the points) with each
+worker count, kernels and verdict processes forked from warm factories (the default) and, with
+``--cold``, also started from scratch.
 Prints seconds per submission and the ratios.
 
     python benchmarks/grading_vs_nbgrader.py [--assignment 01_blocks_and_resnets] [--copies 40] [--workers 2] [--cold]

@@ -1,19 +1,22 @@
-"""The static audit of answers: delegation to the reference, however the notebook names it.
+"""The static audit of answers: a report of delegation and patched test machinery, however the notebook names them.
 
 Each case adds a few lines to an exercise's solution (an answer cell, or a cell the student
-added) and checks which questions the audit zeroes and what it says; ordinary code and the course's
-own notebooks must raise nothing. Fast: nothing runs, the audit only reads the cells.
+added) and checks what the audit reports and which questions it zeroes: only what a question's
+prose rules out (`OFF_LIMITS_IN`) costs points, everything else is reported for the instructor
+(the points come from the grader's own check); ordinary code and the course's own notebooks must
+raise nothing. Fast: nothing runs, the audit only reads the cells.
 """
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from course_lib.grading.audit import audit_cells
-from course_lib.grading.submission import cell_kind, grade_id
+from course_lib.grading.audit import REPORTED, audit_cells
+from course_lib.grading.submission import cell_kind, grade_id, resolve_duplicates
 
 pytestmark = pytest.mark.grading
 
@@ -58,10 +61,24 @@ def _messages(audit) -> list[str]:
     return [f.message for f in audit.findings]
 
 
-def _zeroes(nb, expected: set[str], *, source=None) -> list[str]:
+def _audit(nb, *, reported: set[str], zeroed: set[str] = frozenset(), source=None) -> list[str]:
+    """The audit's messages, once its zeroed and reported questions are as expected and every message
+    ends as its kind says: "<question> scores 0" for what costs points, `REPORTED` for the rest."""
     audit = audit_cells(nb, source)
-    assert audit.zeroed_questions == expected, _messages(audit)
-    return _messages(audit)
+    messages = _messages(audit)
+    assert audit.zeroed_questions == set(zeroed), messages
+    assert audit.reported_questions == reported, messages
+    for finding in audit.findings:
+        if finding.zeroes:
+            assert finding.message.endswith(f": {finding.question} scores 0"), finding.message
+            assert "(which the question asks to compute by hand)" in finding.message, finding.message
+        else:
+            assert finding.message.endswith(f": {REPORTED}") and "scores 0" not in finding.message, finding.message
+    return messages
+
+
+def _question(answer: str) -> str:
+    return answer.replace("_answer", "_tests")
 
 
 # --- 1. modules under another name ---------------------------------------------------------------
@@ -85,8 +102,8 @@ MODULE_ALIASES = [
 
 
 @pytest.mark.parametrize("assignment, answer, code, expected", MODULE_ALIASES)
-def test_a_reference_reached_through_a_module_alias_zeroes_the_answer(assignment, answer, code, expected):
-    messages = _zeroes(_with_answer(assignment, answer, code), {answer.replace("_answer", "_tests")})
+def test_a_reference_reached_through_a_module_alias_is_reported(assignment, answer, code, expected):
+    messages = _audit(_with_answer(assignment, answer, code), reported={_question(answer)})
     assert any(expected in m for m in messages), messages
 
 
@@ -94,7 +111,7 @@ def test_an_alias_bound_in_an_added_cell_is_followed_into_the_answers():
     for alias in ("import torchvision.ops as tvo", "from torchvision import ops as tvo",
                   "import torchvision\ntvo = torchvision.ops"):
         nb = _with_added_cell(_with_answer(SSD, "q5_answer", "_nms = tvo.nms"), alias, after="setup")
-        messages = _zeroes(nb, {"q5_tests"})
+        messages = _audit(nb, reported={"q5_tests"})
         assert any("q5_answer uses tvo.nms (torchvision.ops.nms)" in m for m in messages), messages
 
 
@@ -123,9 +140,8 @@ INTERNALS = [
 
 @pytest.mark.parametrize("assignment, answer, code", INTERNALS)
 def test_torchvisions_internals_and_blocks_count_as_the_reference(assignment, answer, code):
-    question = answer.replace("_answer", "_tests")
-    messages = _zeroes(_with_answer(assignment, answer, code), {question})
-    assert all("the reference it should re-implement" in m and m.endswith(f"{question} scores 0") for m in messages)
+    messages = _audit(_with_answer(assignment, answer, code), reported={_question(answer)})
+    assert messages and all(m.startswith(answer) and "(the reference it should re-implement)" in m for m in messages)
 
 
 LAYER_NORM_BY_TORCH = '''
@@ -142,16 +158,21 @@ class LayerNorm2d(nn.Module):
 '''
 
 
-@pytest.mark.parametrize("call", ["F.layer_norm", "torch.nn.functional.layer_norm", "torch.layer_norm", "ln"])
+@pytest.mark.parametrize("call", ["F.layer_norm", "torch.nn.functional.layer_norm", "torch.layer_norm", "ln",
+                                  "getattr(F, 'layer_norm')", "F.__dict__['layer_norm']",
+                                  "getattr(F, 'layer' + '_norm')", "vars(torch)[''.join(['layer', '_norm'])]"])
 def test_layer_norm2d_must_compute_mean_and_variance_itself(call):
     code = "import torch.nn.functional as F\nfrom torch.nn.functional import layer_norm as ln\n"
-    messages = _zeroes(_with_answer(CONVNEXT, "q2_answer", code + LAYER_NORM_BY_TORCH.format(call=call)), {"q2_tests"})
-    assert any("in LayerNorm2d (which the question asks to compute by hand)" in m for m in messages), messages
+    messages = _audit(_with_answer(CONVNEXT, "q2_answer", code + LAYER_NORM_BY_TORCH.format(call=call)),
+                      reported=set(), zeroed={"q2_tests"})
+    assert any("in LayerNorm2d (which the question asks to compute by hand): q2_tests scores 0" in m
+               for m in messages), messages
+    assert not any("scores 0" in m and "LayerNorm2d" not in m for m in messages), messages
 
 
 def test_layer_norm2d_as_a_subclass_of_nn_layer_norm_is_caught_too():
     code = "class LayerNorm2d(nn.LayerNorm):\n    def forward(self, x):\n        return super().forward(x)\n"
-    messages = _zeroes(_with_answer(CONVNEXT, "q2_answer", code), {"q2_tests"})
+    messages = _audit(_with_answer(CONVNEXT, "q2_answer", code), reported=set(), zeroed={"q2_tests"})
     assert any("uses nn.LayerNorm in LayerNorm2d" in m for m in messages), messages
 
 
@@ -172,6 +193,7 @@ FRAMES_BY_TORCHVISION = '''
 from torchvision.transforms import ToTensor
 from torchvision.transforms.functional import to_tensor
 from torchvision.transforms.v2.functional import to_dtype
+from torchvision.transforms.v2 import functional as TF2
 def frames_to_batches(clip, batch_size, device=None):
     frames = [{call} for frame in clip]
     batches = [torch.stack(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
@@ -180,11 +202,13 @@ def frames_to_batches(clip, batch_size, device=None):
 
 
 @pytest.mark.parametrize("call", ["to_tensor(frame.numpy())", "ToTensor()(frame.numpy())",
-                                  "to_dtype(frame.permute(2, 0, 1), torch.float32, scale=True)"])
+                                  "to_dtype(frame.permute(2, 0, 1), torch.float32, scale=True)",
+                                  "getattr(TF2, 'to_' + 'dtype')(frame.permute(2, 0, 1), torch.float32, scale=True)"])
 def test_frames_to_batches_must_convert_uint8_itself(call):
     code = FRAMES_BY_TORCHVISION.format(call=call)
-    messages = _zeroes(_with_answer(VIDEO, "q2_answer", code), {"q2_tests"})
+    messages = _audit(_with_answer(VIDEO, "q2_answer", code), reported=set(), zeroed={"q2_tests"})
     assert any("in frames_to_batches (which the question asks to compute by hand)" in m for m in messages), messages
+    assert not any("by a computed name: " in m for m in messages), messages  # decided, not left for review
 
 
 def test_to_tensor_stays_ordinary_code_outside_frames_to_batches():
@@ -196,8 +220,85 @@ def test_to_tensor_stays_ordinary_code_outside_frames_to_batches():
 def test_an_added_cell_that_redefines_layer_norm2d_with_torchs_zeroes_question_2():
     redefinition = "class LayerNorm2d(nn.LayerNorm):\n    def forward(self, x):\n" \
                    "        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)"
-    messages = _zeroes(_with_added_cell(_solution(CONVNEXT), redefinition, after="q2_answer"), {"q2_tests"})
-    assert any("redefines LayerNorm2d of q2_answer" in m for m in messages), messages
+    nb = _with_added_cell(_solution(CONVNEXT), redefinition, after="q2_answer")
+    messages = _audit(nb, reported=set(), zeroed={"q2_tests"})
+    added = f"cell {_index(nb, 'q2_answer') + 2}"
+    assert messages == [f"{added} redefines LayerNorm2d of q2_answer with torch.nn.LayerNorm (which the question "
+                        "asks to compute by hand): q2_tests scores 0"], messages
+
+
+@pytest.mark.parametrize("where, code", [
+    ("q2_answer", "LayerNorm2d = nn.LayerNorm"),
+    ("q2_answer", "from torch.nn import LayerNorm as LayerNorm2d"),
+    ("added", "import torch.nn.functional as F\nclass LayerNorm2d(nn.Module):\n    def __init__(self, c, eps=1e-6):\n"
+              "        super().__init__()\n        self.weight, self.bias, self.eps = nn.Parameter(torch.ones(c)), "
+              "nn.Parameter(torch.zeros(c)), eps\n    def forward(self, x):\n"
+              "        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)"
+              ".permute(0, 3, 1, 2)"),
+])
+def test_what_a_question_rules_out_costs_its_points_however_the_definition_is_bound(where, code):
+    nb = _with_added_cell(_solution(CONVNEXT), code, after="q2_answer") if where == "added" \
+        else _with_answer(CONVNEXT, where, code)
+    messages = _audit(nb, reported=set(), zeroed={"q2_tests"})
+    assert all("LayerNorm2d" in m for m in messages), messages
+
+
+def test_what_counts_is_the_definition_in_force_where_the_questions_tests_stand():
+    # The grader's own check calls LayerNorm2d where q2_tests stands: a cell between the answer and the
+    # tests replaces the answer's; a cell after the tests does not (an answer cell still costs its own points).
+    later = LAYER_NORM_BY_TORCH.format(call="torch.layer_norm")
+    messages = _audit(_with_answer(CONVNEXT, "q4_answer", later), reported=set(), zeroed={"q4_tests"})
+    assert messages == ["q4_answer uses torch.layer_norm in LayerNorm2d (which the question asks to compute by hand): "
+                        "q4_tests scores 0"], messages
+    nb = _with_added_cell(_solution(CONVNEXT), later, after="q2_tests")
+    assert _audit(nb, reported=set()) == [f"cell {_index(nb, 'q2_tests') + 2} uses torch.layer_norm in LayerNorm2d "
+                                          f"(which the question asks to compute by hand): {REPORTED}"]
+    nb = _with_added_cell(_solution(CONVNEXT), later, after="q2_answer")
+    assert _audit(nb, reported=set(), zeroed={"q2_tests"}) == [
+        f"cell {_index(nb, 'q2_answer') + 2} redefines LayerNorm2d of q2_answer with torch.layer_norm (which the "
+        "question asks to compute by hand): q2_tests scores 0"]
+
+
+def test_layer_norm2d_written_in_an_added_cell_instead_of_its_answer_cell_is_judged_too():
+    nb = _solution(CONVNEXT)
+    nb.cells[_index(nb, "q2_answer")].source = "# LayerNorm2d: in the next cell"
+    nb = _with_added_cell(nb, "class LayerNorm2d(nn.LayerNorm):\n    pass", after="q2_answer")
+    messages = _audit(nb, reported=set(), zeroed={"q2_tests"}, source=_solution(CONVNEXT))
+    added = f"cell {_index(nb, 'q2_answer') + 2}"
+    assert messages == [f"{added} defines LayerNorm2d of q2_answer with torch.nn.LayerNorm (which the question asks "
+                        "to compute by hand): q2_tests scores 0"], messages
+    honest = _solution(CONVNEXT)  # the answer's own code, moved below it, costs nothing
+    answer = honest.cells[_index(honest, "q2_answer")]
+    moved, answer.source = answer.source, "# LayerNorm2d: in the next cell"
+    assert audit_cells(_with_added_cell(honest, moved, after="q2_answer"), _solution(CONVNEXT)).findings == []
+
+
+def test_a_scratch_layer_norm2d_before_the_answer_is_reported_since_the_answer_replaces_it():
+    scratch = "class LayerNorm2d(nn.LayerNorm):\n    pass"
+    messages = _audit(_with_added_cell(_solution(CONVNEXT), scratch, after="setup"), reported=set())
+    assert messages == [f"cell 5 uses nn.LayerNorm in LayerNorm2d (which the question asks to compute by hand): "
+                        f"{REPORTED}"], messages
+
+
+DEEP = "x = " + "-" * 100_000 + "1"  # too deep for the parser: the audit cannot read the cell
+
+
+def test_a_cell_the_audit_cannot_read_costs_points_only_where_a_question_rules_something_out():
+    nb = _solution(CONVNEXT)
+    nb.cells[_index(nb, "q2_answer")].source += "\n" + DEEP
+    nb.cells[_index(nb, "q1_answer")].source += "\n" + DEEP
+    messages = _audit(nb, reported={"q1_tests"}, zeroed={"q2_tests"}, source=_solution(CONVNEXT))
+    assert sorted(messages) == [
+        f"q1_answer could not be read: nested too deeply: {REPORTED}",
+        "q2_answer could not be read: nested too deeply, so the audit cannot check what it defines as LayerNorm2d "
+        "(which the question asks to compute by hand): q2_tests scores 0"], messages
+    after = _with_added_cell(_solution(CONVNEXT), DEEP, after="q2_answer")  # it might redefine LayerNorm2d
+    _audit(after, reported=set(), zeroed={"q2_tests"}, source=_solution(CONVNEXT))
+    _audit(_with_answer(CONVNEXT, "q4_answer", DEEP), reported={"q4_tests"}, source=_solution(CONVNEXT))
+    _audit(_with_added_cell(_solution(CONVNEXT), DEEP, after="q2_tests"), reported=set(), source=_solution(CONVNEXT))
+    before = _with_added_cell(_solution(CONVNEXT), DEEP, after="setup")  # the answer below replaces anything
+    assert _audit(before, reported=set(), source=_solution(CONVNEXT)) == [
+        f"cell 5 could not be read: nested too deeply: {REPORTED}"]
 
 
 def test_the_convnext_block_may_use_layer_norm_from_torch():
@@ -219,7 +320,8 @@ def test_the_convnext_block_may_use_layer_norm_from_torch():
     ("q5_answer", "import torchvision\n_nms = torchvision.ops.__dict__.get('nms')"),
 ])
 def test_a_look_up_by_a_constant_name_is_delegation(answer, code):
-    _zeroes(_with_answer(SSD, answer, code), {answer.replace("_answer", "_tests")})
+    messages = _audit(_with_answer(SSD, answer, code), reported={_question(answer)})
+    assert all("(the reference it should re-implement)" in m for m in messages), messages
 
 
 @pytest.mark.parametrize("code", [
@@ -229,11 +331,13 @@ def test_a_look_up_by_a_constant_name_is_delegation(answer, code):
     "import sys\n_ops = sys.modules.get('torchvision' + '.ops')",
     "import torchvision\nname = 'nms'\n_nms = torchvision.ops.__dict__[name]",
     "import __main__\nname = 'reference_box_iou'\n_iou = getattr(__main__, name)",
+    "import importlib\nname = 'torchvision.ops'\n_ops = importlib.import_module(name)",
+    "name = 'torchvision'\n_tv = __import__(name)",
 ])
-def test_a_look_up_by_a_computed_name_is_flagged_for_review_without_costing_points(code):
-    messages = _zeroes(_with_answer(SSD, "q5_answer", code), set())
+def test_a_look_up_by_a_computed_name_is_reported_for_review(code):
+    messages = _audit(_with_answer(SSD, "q5_answer", code), reported=set())
     assert len(messages) == 1 and "q5_answer looks up" in messages[0], messages
-    assert messages[0].endswith("by a computed name: flagged for review")
+    assert messages[0].endswith(f"by a computed name: {REPORTED}")
 
 
 def test_look_ups_in_ordinary_objects_and_allowed_modules_are_fine():
@@ -261,74 +365,73 @@ USES_HELPER = "_kept = helper(torch.zeros(0, 4), torch.zeros(0), 0.5)"
     "from torchvision.ops import nms\ndef _inner(b, s, t):\n    return nms(b, s, t)\n"
     "class helper:\n    def __new__(cls, b, s, t):\n        return _inner(b, s, t)",
 ])
-def test_a_reference_bound_in_an_added_cell_zeroes_every_answer_that_uses_it(added):
+def test_a_reference_bound_in_an_added_cell_is_reported_for_every_answer_that_uses_it(added):
     nb = _with_answer(SSD, "q5_answer", USES_HELPER)
     nb.cells[_index(nb, "q1_answer")].source += "\n_unused = helper"
     nb = _with_added_cell(nb, added, after="setup")
-    messages = _zeroes(nb, {"q1_tests", "q5_tests"})
-    assert any(m.startswith("q5_answer uses helper") and "q5_tests scores 0" in m for m in messages), messages
-    assert any(m.startswith("cell 5 ") and m.endswith("flagged for review") for m in messages), messages
+    messages = _audit(nb, reported={"q1_tests", "q5_tests"})
+    assert any(m.startswith("q5_answer uses helper") for m in messages), messages
+    assert any(m.startswith("cell 5 ") for m in messages), messages
 
 
 def test_the_helper_may_sit_in_a_later_added_cell_since_functions_read_names_when_called():
     nb = _with_answer(SSD, "q5_answer", "def _keep(b, s):\n    return helper(b, s, 0.5)")
     nb = _with_added_cell(nb, "from torchvision.ops import nms as helper", after="q5_answer")
-    _zeroes(nb, {"q5_tests"})
+    _audit(nb, reported={"q5_tests"})
 
 
-def test_a_reference_imported_by_one_answer_and_used_by_another_zeroes_both():
+def test_a_reference_imported_by_one_answer_and_used_by_another_is_reported_for_both():
     nb = _with_answer(SSD, "q1_answer", "from torchvision.ops import box_iou as _iou")
     nb.cells[_index(nb, "q5_answer")].source += "\n_overlaps = _iou(torch.zeros(1, 4), torch.zeros(1, 4))"
-    messages = _zeroes(nb, {"q1_tests", "q5_tests"})
+    messages = _audit(nb, reported={"q1_tests", "q5_tests"})
     assert any("q5_answer uses _iou, torchvision.ops.box_iou imported in q1_answer" in m for m in messages), messages
 
 
-def test_an_added_cell_that_redefines_an_earlier_answer_with_the_reference_zeroes_it():
+def test_an_added_cell_that_redefines_an_earlier_answer_with_the_reference_is_reported_for_it():
     redefinition = "import torchvision\ndef non_max_suppression(boxes, scores, iou_threshold):\n" \
                    "    return torchvision.ops.nms(boxes, scores, iou_threshold)"
-    messages = _zeroes(_with_added_cell(_solution(SSD), redefinition, after="q5_answer"), {"q5_tests"})
-    assert any("redefines non_max_suppression of q5_answer" in m and m.endswith("q5_tests scores 0")
-               for m in messages), messages
+    messages = _audit(_with_added_cell(_solution(SSD), redefinition, after="q5_answer"), reported={"q5_tests"})
+    assert any("redefines non_max_suppression of q5_answer" in m for m in messages), messages
     alias = "from torchvision.ops import nms as non_max_suppression"
-    _zeroes(_with_added_cell(_solution(SSD), alias, after="q5_answer"), {"q5_tests"})
+    _audit(_with_added_cell(_solution(SSD), alias, after="q5_answer"), reported={"q5_tests"})
 
 
-def test_a_redefinition_after_the_tests_also_zeroes_the_answers_that_call_it():
+def test_a_redefinition_after_the_tests_is_also_reported_for_the_answers_that_call_it():
     # iou_matrix passes its own tests, then becomes torchvision's for the questions that call it.
     redefinition = "from torchvision.ops import box_iou as iou_matrix"
     nb = _with_added_cell(_solution(SSD), redefinition, after="q1_tests")
-    messages = _zeroes(nb, {"q1_tests", "q2_tests", "q5_tests"})
+    messages = _audit(nb, reported={"q1_tests", "q2_tests", "q5_tests"})
     assert any(m.startswith("q2_answer uses iou_matrix, torchvision.ops.box_iou") for m in messages), messages
 
 
-def test_an_added_cell_before_the_answer_that_defines_it_again_costs_no_points():
+def test_an_added_cell_before_the_answer_that_defines_it_again_is_reported_for_no_question():
     # A scratch cell tried torchvision first; the answer below defines its own iou_matrix, used by later answers.
     scratch = "from torchvision.ops import box_iou as iou_matrix\nprint(iou_matrix(LESSON_BOXES, ANCHORS_4x4))"
-    messages = _zeroes(_with_added_cell(_solution(SSD), scratch, after="setup"), set())
-    assert len(messages) == 1 and messages[0].endswith("flagged for review"), messages
+    messages = _audit(_with_added_cell(_solution(SSD), scratch, after="setup"), reported=set())
+    assert len(messages) == 1 and messages[0].startswith("cell 5 imports box_iou from torchvision.ops"), messages
 
 
 def test_an_import_inside_an_answers_function_stays_in_that_function():
-    # q1 delegates (and scores 0); q4 defines its own box_iou, which q5 may use.
+    # q1 delegates (reported); q4 defines its own box_iou, which q5 may use.
     delegating = "def _iou(a, b):\n    from torchvision.ops import box_iou\n    return box_iou(a, b)"
     nb = _with_answer(SSD, "q1_answer", delegating)
     nb.cells[_index(nb, "q4_answer")].source += "\ndef box_iou(a, b):\n    return iou_matrix(a, b)"
     nb.cells[_index(nb, "q5_answer")].source += "\n_overlaps = box_iou(torch.zeros(1, 4), torch.zeros(1, 4))"
-    _zeroes(nb, {"q1_tests"})
+    _audit(nb, reported={"q1_tests"})
 
 
 def test_a_star_import_in_an_added_cell_binds_the_references_it_brings():
     nb = _with_answer(SSD, "q5_answer", "_kept = nms(torch.zeros(0, 4), torch.zeros(0), 0.5)")
-    _zeroes(_with_added_cell(nb, "from torchvision.ops import *", after="setup"), {"q5_tests"})
+    _audit(_with_added_cell(nb, "from torchvision.ops import *", after="setup"), reported={"q5_tests"})
     nb = _with_answer(SSD, "q2_answer", "_matches = match_anchors")
-    _zeroes(_with_added_cell(nb, "from course_lib.detection import *", after="setup"), {"q2_tests"})
+    _audit(_with_added_cell(nb, "from course_lib.detection import *", after="setup"), reported={"q2_tests"})
 
 
 def test_a_star_import_does_not_claim_the_answers_own_parameters_and_locals():
     # torchvision.ops exports `boxes` and `nms`; the solution's answers use such names for their own values.
     own = "def _own(boxes, nms):\n    return boxes[nms]\n_total = [box_area for box_area in [1]]"
     nb = _with_answer(SSD, "q5_answer", own)
-    messages = _zeroes(_with_added_cell(nb, "from torchvision.ops import *", after="setup"), set())
+    messages = _audit(_with_added_cell(nb, "from torchvision.ops import *", after="setup"), reported=set())
     assert len(messages) == 1 and messages[0].startswith("cell 5 imports * from torchvision.ops"), messages
 
 
@@ -348,8 +451,8 @@ def test_from_course_lib_import_star_only_brings_the_allowed_helpers():
 def test_names_that_the_hidden_tests_bind_are_the_reference_too(assignment, answer, code, expected):
     nb = _released(assignment)
     nb.cells[_index(nb, answer)].source += "\n" + code
-    assert audit_cells(nb).zeroed_questions == set()  # a submission alone does not show the hidden tests
-    messages = _zeroes(nb, {answer.replace("_answer", "_tests")}, source=_solution(assignment))
+    _audit(nb, reported=set())  # a submission alone does not show the hidden tests
+    messages = _audit(nb, reported={_question(answer)}, source=_solution(assignment))
     assert any(expected in m for m in messages), messages
 
 
@@ -368,7 +471,7 @@ def test_a_name_added_to_the_set_up_cell_does_not_make_a_hidden_tests_name_allow
     nb = _released(SSD)
     nb.cells[_index(nb, "setup")].source += "\nreference_box_iou = None"
     nb.cells[_index(nb, "q2_answer")].source += "\n_iou = reference_box_iou"
-    _zeroes(nb, {"q2_tests"}, source=_solution(SSD))
+    _audit(nb, reported={"q2_tests"}, source=_solution(SSD))
 
 
 # --- 5. other ways around ------------------------------------------------------------------------
@@ -385,9 +488,11 @@ def test_a_name_added_to_the_set_up_cell_does_not_make_a_hidden_tests_name_allow
     ("q2_answer", "import __main__\n_iou = __main__.reference_box_iou"),
     ("q2_answer", "import sys\n_iou = getattr(sys.modules['__main__'], 'reference_box_iou')"),
     ("q2_answer", "def _iou(a, b):\n    return locals().get('x') or locals()['reference_box_iou'](a, b)"),
+    ("q2_answer", "_iou = get_ipython().user_ns['reference_box_iou']"),
+    ("q2_answer", "_shell = get_ipython()\n_iou = _shell.user_global_ns.get('reference_box_iou')"),
 ])
 def test_other_roads_to_the_reference_are_delegation(answer, code):
-    _zeroes(_with_answer(SSD, answer, code), {answer.replace("_answer", "_tests")})
+    _audit(_with_answer(SSD, answer, code), reported={_question(answer)})
 
 
 @pytest.mark.parametrize("code", [
@@ -401,7 +506,7 @@ def test_ipython_syntax_is_read_as_the_kernel_reads_it(code):
     nb = _solution(SSD)
     cell = nb.cells[_index(nb, "q5_answer")]
     cell.source = code + "\n" + cell.source
-    _zeroes(nb, {"q5_tests"})
+    _audit(nb, reported={"q5_tests"})
 
 
 def test_magics_and_shell_commands_that_run_no_python_raise_nothing():
@@ -414,15 +519,105 @@ def test_magics_and_shell_commands_that_run_no_python_raise_nothing():
 
 
 @pytest.mark.parametrize("code, expected", [
-    ("import torchvision\n_ops = vars(torchvision.ops)['nms']", "calls vars"),
-    ("_torchvision = __import__('torchvision')", "calls __import__"),
-    ("import importlib\n_ops = importlib.import_module('torchvision.ops')", "imports importlib"),
-    ("locals()['checks'] = None", "replaces a name through locals()"),
+    ("import torchvision\n_ops = vars(torchvision.ops)['nms']",
+     "uses vars(torchvision.ops)['nms'] (torchvision.ops.nms)"),
+    ("_nms = __import__('torchvision').ops.nms", "(torchvision.ops.nms)"),
+    ("_nms = __import__('torchvision.ops', fromlist=['nms']).nms", "(torchvision.ops.nms)"),
+    ("import builtins\n_nms = builtins.__import__('torchvision').ops.nms", "(torchvision.ops.nms)"),
+    ("import importlib\n_nms = importlib.import_module('torchvision.ops').nms", "(torchvision.ops.nms)"),
+    ("from importlib import import_module\n_ops = import_module('torchvision.ops')\n_nms = _ops.nms",
+     "uses _ops.nms (torchvision.ops.nms)"),
 ])
-def test_reaching_into_the_interpreter_is_patching_and_voids_the_notebook(code, expected):
-    audit = audit_cells(_with_answer(SSD, "q5_answer", code))
-    assert audit.zeroed_questions is None
-    assert any(expected in m for m in _messages(audit)), _messages(audit)
+def test_imports_and_namespaces_reached_through_the_interpreter_are_followed(code, expected):
+    messages = _audit(_with_answer(SSD, "q5_answer", code), reported={"q5_tests"})
+    assert any(expected in m for m in messages), messages
+
+
+@pytest.mark.parametrize("code", [
+    "import torchvision\n_ops = vars(torchvision.ops)",
+    "_torchvision = __import__('torchvision')",
+    "import importlib\n_ops = importlib.import_module('torchvision.ops')",
+    "locals()['_scratch'] = None\nglobals()['plt'] = None",
+])
+def test_the_interpreters_own_functions_are_ordinary_code(code):
+    # What used to void the notebook (vars, __import__, importlib, writing locals()) reaches no reference here.
+    assert audit_cells(_with_answer(SSD, "q5_answer", code)).findings == []
+
+
+# --- 6. the test machinery: reported, the points come from the grader's own check -----------------
+
+MACHINERY = [
+    ("torch.allclose = lambda *a, **k: True", "replaces torch.allclose"),
+    ("import torch as t\nt.allclose = lambda *a, **k: True", "replaces t.allclose"),
+    ("del torch.allclose", "deletes torch.allclose"),
+    ("torch.allclose, _x = print, 1", "replaces torch.allclose"),
+    ("torch.Tensor.__eq__ = lambda a, b: True", "replaces torch.Tensor.__eq__"),
+    ("torch.nn.Module.__call__ = lambda self, x: x", "replaces torch.nn.Module.__call__"),
+    ("F.mse_loss = lambda a, b: a.sum() * 0", "replaces F.mse_loss"),
+    ("checks.check_close = print", "replaces checks.check_close"),
+    ("import course_lib\ncourse_lib.checks.check_equal = print", "replaces course_lib.checks.check_equal"),
+    ("setattr(checks, 'check_equal', print)", "calls setattr on checks"),
+    ("delattr(torch, 'allclose')", "calls delattr on torch"),
+    ("import torchvision\ntorchvision.ops.box_iou = lambda a, b: a", "replaces torchvision.ops.box_iou"),
+    ("import traceback\ntraceback.format_exception = print", "replaces traceback.format_exception"),
+    ("import builtins\nbuiltins.isinstance = lambda a, b: True", "replaces builtins.isinstance"),
+    ("__builtins__.isinstance = lambda a, b: True", "replaces __builtins__.isinstance"),
+    ("__builtins__['isinstance'] = lambda a, b: True", "replaces __builtins__['isinstance']"),
+    ("__builtins__ = {}", "replaces __builtins__"),
+    ("import sys\nsys.excepthook = print", "replaces sys.excepthook"),
+    ("import sys\nsys.modules['course_lib.checks'] = None", "replaces sys.modules['course_lib.checks']"),
+    ("import sys\ndel sys.modules['torch']", "deletes sys.modules['torch']"),
+    ("import sys\nsys.modules.update({'course_lib.checks': None})", "changes sys.modules"),
+    ("torch.__dict__['allclose'] = print", "replaces torch.__dict__['allclose']"),
+    ("vars(checks).update(check_close=print)", "changes vars(checks)"),
+    ("locals()['checks'] = None", "replaces checks through locals()"),
+    ("globals()['torch'] = None", "replaces torch through globals()"),
+    ("get_ipython().user_ns['checks'] = None", "replaces checks through get_ipython().user_ns"),
+    ("import __main__\n__main__.checks = None", "replaces __main__.checks"),
+    ("import __main__\nsetattr(__main__, 'F', None)", "calls setattr on __main__"),
+    ("import sys\nsys.settrace(print)", "calls sys.settrace"),
+    ("from sys import setprofile\nsetprofile(print)", "calls setprofile"),
+    ("import threading\nthreading.settrace(print)", "calls threading.settrace"),
+    ("get_ipython().showtraceback = print", "replaces get_ipython().showtraceback"),
+    ("_shell = get_ipython()\n_shell._showtraceback = print",
+     "replaces _shell._showtraceback (get_ipython()._showtraceback)"),
+    ("get_ipython().set_custom_exc((Exception,), print)", "uses get_ipython().set_custom_exc"),
+    ("get_ipython().events.register('pre_run_cell', print)", "calls get_ipython().events.register"),
+    ("get_ipython().ast_transformers.append(None)", "uses get_ipython().ast_transformers"),
+    ("from IPython.core.interactiveshell import InteractiveShell\nInteractiveShell.showtraceback = print",
+     "replaces InteractiveShell.showtraceback"),
+    ("def _f():\n    pass\n_f.__code__ = print.__call__.__code__", "replaces _f.__code__"),
+    ("import inspect\ninspect.currentframe().f_globals['checks'] = None",
+     "replaces inspect.currentframe().f_globals['checks']"),
+    ("from unittest import mock\nmock.patch('torch.allclose', print).start()",
+     "patches torch.allclose with mock.patch"),
+    ("import unittest.mock\nunittest.mock.patch.object(checks, 'check_close').start()",
+     "patches checks with unittest.mock.patch.object"),
+]
+
+
+@pytest.mark.parametrize("code, expected", MACHINERY)
+def test_patching_the_test_machinery_is_reported_and_costs_nothing_by_itself(code, expected):
+    for nb in (_with_answer(SSD, "q5_answer", code), _with_added_cell(_solution(SSD), code, after="setup")):
+        audit = audit_cells(nb)
+        messages = _audit(nb, reported=set())
+        assert messages and all(f.patches and f.question is None for f in audit.findings), messages
+        assert any(f"{expected} (test machinery): {REPORTED}" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("assignment, code, expected", [
+    (BLOCKS, "import contextlib\ncontextlib.redirect_stdout = print", "contextlib.redirect_stdout"),
+    (BLOCKS, "import io as _io\n_io.StringIO = list", "_io.StringIO"),
+    (CONVNEXT, "import math\nmath.isclose = print", "math.isclose"),
+])
+def test_a_module_the_tests_import_is_test_machinery_in_that_exercise(assignment, code, expected):
+    # Exercise 1's hidden tests capture prints with contextlib and io, exercise 2's use math: the same
+    # lines elsewhere, or without the hidden tests to show it, are ordinary code, like numpy's settings.
+    nb = _with_answer(assignment, "q1_answer", code)
+    assert _audit(nb, reported=set(), source=_solution(assignment)) == [
+        f"q1_answer replaces {expected} (test machinery): {REPORTED}"]
+    assert audit_cells(_with_answer(YOLO, "q1_answer", code), _solution(YOLO)).findings == []
+    assert audit_cells(_with_answer(SSD, "q1_answer", "import numpy as np\nnp.allclose = print")).findings == []
 
 
 # --- no false positives --------------------------------------------------------------------------
@@ -458,15 +653,108 @@ fig, ax = plt.subplots()
 plt.close(fig)
 '''
 
+#: What honest notebooks do besides answering: display, settings, seeds, timing, warnings, introspection.
+ORDINARY_SETTINGS = '''
+from IPython.display import display, HTML, Markdown
+import IPython
+from IPython.core.interactiveshell import InteractiveShell
+InteractiveShell.ast_node_interactivity = "all"
+get_ipython().run_line_magic("matplotlib", "inline")
+import matplotlib
+import matplotlib.pyplot as plt
+plt.rcParams["figure.figsize"] = (8, 4)
+plt.rcParams.update({"font.size": 12})
+matplotlib.rcParams["axes.grid"] = False
+matplotlib.rcParams.update({"axes.grid": True})
+import os
+os.environ["PYTHONHASHSEED"] = "0"
+os.environ.setdefault("COURSE_QUICK", "1")
+import inspect
+_signature = inspect.signature(print)
+_frame = inspect.currentframe()
+import warnings
+warnings.filterwarnings("ignore", category=UserWarning)
+warnings.showwarning = warnings.showwarning
+from tqdm.auto import tqdm
+for _ in tqdm(range(2)):
+    pass
+import time
+_start = time.perf_counter()
+import functools
+@functools.lru_cache(maxsize=None)
+def _cached(n):
+    warnings.warn("computing", stacklevel=2)
+    return n * 2
+print("shapes", torch.zeros(1), sys.path[:1] if "sys" in dir() else None)
+display(Markdown("**done**"), HTML("<b>done</b>"))
+torch.manual_seed(0)
+torch.set_printoptions(precision=3)
+torch.backends.cudnn.deterministic = True
+import numpy as np
+np.set_printoptions(precision=3)
+np.random.seed(0)
+np.random.default_rng(0)
+import sys
+_paths = list(sys.path)
+sys.path.append(".")
+sys.path[0] = sys.path[0]
+sys.setrecursionlimit(2000)
+import importlib, traceback, gc, ctypes, builtins
+_math = importlib.import_module("math")
+_text = traceback.format_exc()
+gc.collect()
+_names, _vars = globals(), vars()
+exec("_x = 1")
+_y = eval("1 + 1")
+_code = compile("1", "<cell>", "eval")
+_caller = sys._getframe().f_code.co_name
+_kind = torch.zeros(1).__class__.__name__
+_shell = get_ipython()
+_shell.run_line_magic("time", "_z = 1")
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Eval mode, no gradients. x: (B, C, H, W)."""
+    assert x.dim() == 4, f"x must be (B, C, H, W), got {tuple(x.shape)}"
+    return model.eval()(x)
+'''
+
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_ordinary_code_in_answers_and_added_cells_raises_nothing(assignment):
+@pytest.mark.parametrize("code", [ORDINARY, ORDINARY_SETTINGS], ids=["code", "settings"])
+def test_ordinary_code_in_answers_and_added_cells_raises_nothing(assignment, code):
     nb = _solution(assignment)
     for cell in nb.cells:
         if cell.cell_type == "code" and cell_kind(cell) == "answer":
-            cell.source += "\n" + ORDINARY
-    nb = _with_added_cell(nb, ORDINARY, after="setup")
+            cell.source += "\n" + code
+    nb = _with_added_cell(nb, code, after="setup")
     assert audit_cells(nb, _solution(assignment)).findings == []
+
+
+@pytest.mark.parametrize("line", ["%matplotlib inline", "%time _kept = non_max_suppression(LESSON_BOXES[:0], "
+                                  "torch.zeros(0), 0.5)", "%timeit -n1 -r1 iou_matrix(LESSON_BOXES, ANCHORS_4x4)",
+                                  "%%time\n_overlaps = iou_matrix(LESSON_BOXES, ANCHORS_4x4)"])
+def test_magics_in_an_answer_raise_nothing(line):
+    nb = _solution(SSD)
+    cell = nb.cells[_index(nb, "q5_answer")]
+    cell.source = line + "\n" + cell.source  # a cell magic's line comes first
+    assert audit_cells(nb, _solution(SSD)).findings == []
+
+
+def test_pasted_cells_and_helper_cells_raise_nothing():
+    """Jupyter keeps grading metadata on paste: an answer and a test cell pasted twice, before and after
+    the grader leaves one copy of each its role; a helper cell above an answer, an answer split in two."""
+    nb = _released(SSD)
+    for gid in ("q1_answer", "q1_tests"):
+        index = _index(nb, gid)
+        nb.cells.insert(index + 1, nbformat.NotebookNode(copy.deepcopy(nb.cells[index])))
+        nb.cells[index + 1].id = f"pasted-{gid}".replace("_", "-")
+    helper = "def _corners(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:\n    return boxes.unbind(dim=1)"
+    nb = _with_added_cell(nb, helper, after="setup")
+    nb = _with_added_cell(nb, "_overlaps = iou_matrix(LESSON_BOXES, LESSON_BOXES)\nprint(_overlaps)", after="q2_answer")
+    assert audit_cells(nb, _solution(SSD)).findings == []
+    notes = resolve_duplicates(nb, nbformat.read(ROOT / "exercises" / f"{SSD}.ipynb", as_version=4))
+    assert len(notes) == 2, notes
+    assert audit_cells(nb, _solution(SSD)).findings == []
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -476,3 +764,44 @@ def test_the_course_notebooks_raise_nothing_with_or_without_their_source(assignm
     for nb in (solution, released, _released(assignment)):
         assert audit_cells(nb).findings == []
         assert audit_cells(nb, solution).findings == []
+
+
+# --- the audit's cost grows linearly with an answer's length -------------------------------------
+
+IMPORTS_IOU = "from torchvision.ops import box_iou as _iou"  # in q1_answer: a name that reaches a reference
+
+
+@pytest.mark.parametrize("code, used", [
+    ("_first = _iou\n_iou = None", True),  # read before the answer binds it: the reference
+    ("_iou = None\n_after = _iou", False),  # read after the answer's own binding
+    ("_iou = _iou", True),  # the right-hand side runs before the name is bound
+    ("for _i in range(2):\n    _iou = _i\n_last = _iou", False),  # bound by an earlier (compound) statement
+    ("def _f():\n    return _iou\n_iou = None", False),  # a function reads the name when it is called
+    ("def _f():\n    return _iou", True),
+])
+def test_an_answers_own_bindings_count_only_from_where_they_stand(code, used):
+    nb = _with_answer(SSD, "q1_answer", IMPORTS_IOU)
+    nb.cells[_index(nb, "q5_answer")].source += "\n" + code
+    messages = _audit(nb, reported={"q1_tests", "q5_tests"} if used else {"q1_tests"})
+    uses = [m for m in messages if m.startswith("q5_answer uses _iou, torchvision.ops.box_iou")]
+    assert len(uses) == int(used), messages
+
+
+def test_a_long_answer_is_audited_in_linear_time_with_the_same_findings():
+    """3,000 look-ups by a computed name took minutes when each statement re-read all those before it."""
+    import time
+
+    def audited(lines: int) -> tuple[list[str], float]:
+        nb = _with_answer(SSD, "q1_answer", IMPORTS_IOU)
+        nb.cells[_index(nb, "q5_answer")].source += ("\nimport torchvision\nname = 'nms'\n"
+                                                     + "y = getattr(torchvision.ops, name)\n" * lines + "_late = _iou\n")
+        started = time.process_time()
+        messages = _audit(nb, reported={"q1_tests", "q5_tests"})
+        return messages, time.process_time() - started
+
+    small, _ = audited(3)
+    assert any(m.startswith("q5_answer looks up getattr(torchvision.ops, name) by a computed name") for m in small)
+    assert any(m.startswith("q5_answer uses _iou, torchvision.ops.box_iou imported in q1_answer") for m in small)
+    large, seconds = audited(3000)
+    assert large == small
+    assert seconds < 10.0, f"{seconds:.1f} s of CPU for 3,000 lines"

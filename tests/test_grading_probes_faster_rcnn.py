@@ -6,10 +6,9 @@ judges what they printed. One test grades real notebooks end to end in the sandb
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-import io
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -19,13 +18,12 @@ import pytest
 import torch
 import torchvision
 
-from course_lib.detection.boxes import clip_boxes
 from course_lib.detection.faster_rcnn.region_proposals import filter_proposals
 from course_lib.detection.nms import nms
 from course_lib.grading.audit import audit_cells
 from course_lib.grading.probes import PROBES, faster_rcnn
 from course_lib.grading.submission import cell_kind, grade_id
-from course_lib.grading.verdicts import Satisfies, calls_for, encode, insert_probe_cells, judge, take_probe_outputs
+from course_lib.grading.verdicts import Satisfies, by_question, calls_for, encode, judge, payload, results_in_process
 
 pytestmark = pytest.mark.grading
 
@@ -74,18 +72,11 @@ def solution() -> dict:
 
 
 def _printed(calls, namespace: dict) -> tuple[dict, dict[str, int]]:
-    """Run the probe cells in-process; return what the grader reads back and the bytes each printed."""
-    nb = nbformat.v4.new_notebook()
-    insert_probe_cells(nb, calls)
-    sizes = {}
-    for cell in nb.cells:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            exec(cell.source, dict(namespace))  # noqa: S102
-        sizes[cell.id] = len(printed.getvalue())
-        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed.getvalue())]
-    outputs = take_probe_outputs(nb)
-    assert nb.cells == [], "the probe cells must not stay in the graded notebook"
+    """What the verdict process would report (computed here, in-process) and, per question, the bytes
+    of data that cross between it and the grader (the calls and their results)."""
+    outputs = results_in_process(calls, dict(namespace))
+    sizes = {question: len(json.dumps([payload(c) for c in group])) + len(json.dumps(outputs[question]))
+             for question, group in by_question(calls).items()}
     return outputs, sizes
 
 
@@ -755,14 +746,16 @@ DELEGATIONS = [
 
 
 @pytest.mark.parametrize("answer, code", DELEGATIONS)
-def test_the_audit_zeroes_an_answer_that_calls_the_reference(answer, code):
+def test_the_audit_reports_an_answer_that_calls_the_reference(answer, code):
     nb = _source()
     cell = next(c for c in nb.cells if grade_id(c) == answer)
     cell.source += "\n" + code
     audit = audit_cells(nb, _source())
     question = answer.replace("_answer", "_tests")
-    assert audit.zeroed_questions == {question}, [f.message for f in audit.findings]
-    assert f"{question} scores 0" in audit.findings[0].message
+    assert audit.reported_questions == {question}, [f.message for f in audit.findings]
+    assert audit.zeroed_questions == set(), [f.message for f in audit.findings]
+    assert audit.findings[0].message.endswith("reported; the points come from the grader's own check")
+    assert "scores 0" not in audit.findings[0].message
 
 
 HIDDEN_TESTS = re.compile(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS\n?", re.S)
@@ -790,7 +783,9 @@ def test_the_set_ups_helpers_and_earlier_answers_are_allowed_and_the_hidden_test
     assert audit_cells(nb, _source()).findings == []
     q6.source += "\n_proposals = reference_filter"
     audit = audit_cells(nb, _source())
-    assert audit.zeroed_questions == {"q6_tests"}, [f.message for f in audit.findings]
+    assert audit.reported_questions == {"q6_tests"}, [f.message for f in audit.findings]
+    assert audit.zeroed_questions == set(), [f.message for f in audit.findings]
+    assert any("reference_filter" in f.message for f in audit.findings), [f.message for f in audit.findings]
 
 
 # --- end to end ----------------------------------------------------------------------------------

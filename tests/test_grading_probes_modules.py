@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import re
 from pathlib import Path
 
@@ -17,8 +18,7 @@ import pytest
 import torch
 
 from course_lib.grading.submission import grade_id
-from course_lib.grading.verdicts import (RESULT_MARKER, ModuleCall, calls_for, encode, insert_probe_cells, judge,
-                                         take_probe_outputs)
+from course_lib.grading.verdicts import ModuleCall, by_question, calls_for, encode, judge, payload, results_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 EX1, EX2 = "01_blocks_and_resnets", "02_convnext"
@@ -63,17 +63,8 @@ def answers(assignment: str, **changes: tuple[str, str] | str) -> dict:
 
 
 def probe_output(calls, namespace: dict) -> dict:
-    """Run the probe cells as the kernel would (here, in-process) and read back what they printed."""
-    nb = nbformat.v4.new_notebook()
-    insert_probe_cells(nb, calls)
-    for cell in nb.cells:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            exec(cell.source, dict(namespace))  # noqa: S102
-        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed.getvalue())]
-    outputs = take_probe_outputs(nb)
-    assert nb.cells == [], "the probe cells must not stay in the graded notebook"
-    return outputs
+    """What the verdict process would report for ``namespace``'s answers (computed here, in-process)."""
+    return results_in_process(calls, dict(namespace))
 
 
 def verdicts(assignment: str, namespace: dict, seed: int) -> dict[str, str | None]:
@@ -281,15 +272,14 @@ def test_a_module_whose_weights_do_not_load_is_named_with_its_arguments():
                         r"unexpected bn_2\.bias, .*", problem), problem
 
 
-def test_what_a_module_prints_stays_out_of_the_graders_line():
+def test_what_a_module_prints_stays_out_of_the_results():
     printing = answer_source(EX1, "q2_answer", ("out = torch.relu(self.bn1(", "print(x.shape); out = torch.relu(self.bn1("))
     calls = [c for c in calls_for(EX1, 4) if c.question == "q2_tests"]
-    nb = nbformat.v4.new_notebook()
-    insert_probe_cells(nb, calls)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(nb.cells[0].source, answers(EX1, q2_answer=printing))  # noqa: S102
-    assert printed.getvalue().count("\n") == 1 and printed.getvalue().startswith(RESULT_MARKER)
+        outputs = results_in_process(calls, answers(EX1, q2_answer=printing))
+    assert printed.getvalue() == ""
+    assert judge(calls, outputs) == {"q2_tests": None}
 
 
 def test_outputs_of_modules_must_stay_on_the_input_device():
@@ -302,7 +292,7 @@ def test_outputs_of_modules_must_stay_on_the_input_device():
 
 def test_forged_or_missing_module_results_fail():
     calls = [c for c in calls_for(EX1, 5) if c.question == "q2_tests"]
-    assert judge(calls, {})["q2_tests"] == "the grader's check printed no readable results"
+    assert judge(calls, {})["q2_tests"] == "the verdict process gave no results for this answer"
     for forged in ({"ok": {"int": 0}}, {"layout": "everything"}, {"ok": {"list": []}}, {"nothing": 1}):
         assert judge(calls, {"q2_tests": {"device": "cpu", "results": [forged] * len(calls)}})["q2_tests"], forged
 
@@ -335,22 +325,18 @@ def test_module_calls_send_random_batchnorm_statistics_and_both_modes():
 
 @pytest.mark.parametrize("assignment", [EX1, EX2])
 def test_probes_stay_small_and_leave_no_global_state_behind(assignment):
-    """The grader's process keeps its random state and threads; the kernel gets its float32 precision back."""
+    """Drawing the calls keeps the grader's random state and threads; what crosses to and from the
+    verdict process stays small."""
     namespace = answers(assignment)
-    precision = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
-    torch.set_num_threads(2)  # the kernel's own setting (the probe runs with one thread, then puts it back)
+    torch.set_num_threads(2)
     for seed in (21, 22, 23):
         rng, threads = torch.get_rng_state(), torch.get_num_threads()
         calls = calls_for(assignment, seed)
         assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
-        nb = nbformat.v4.new_notebook()
-        insert_probe_cells(nb, calls)
-        for cell in nb.cells:
-            printed = io.StringIO()
-            with contextlib.redirect_stdout(printed):
-                exec(cell.source, dict(namespace))  # noqa: S102
-            assert len(cell.source) < MAX_PROBE_BYTES and len(printed.getvalue()) < MAX_PROBE_BYTES
-    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == precision
+        outputs = results_in_process(calls, namespace)
+        for question, group in by_question(calls).items():
+            assert len(json.dumps([payload(c) for c in group])) < MAX_PROBE_BYTES
+            assert len(json.dumps(outputs[question])) < MAX_PROBE_BYTES
     assert torch.get_num_threads() == 2
 
 

@@ -164,11 +164,12 @@ print("REPORT", json.dumps(report))
     ("torch.Tensor.__eq__ = lambda a, b: True", "torch.Tensor.__eq__"),
     ("import builtins\nbuiltins.isinstance = lambda a, b: True", "builtins"),
 ])
-def test_patching_the_test_machinery_is_named_and_voids_every_question(code, expected):
+def test_patching_the_test_machinery_is_named_and_reported_without_zeroing(code, expected):
     nb = _fixture()
     _cell(nb, "q1_answer").source += "\n" + code
     audit = audit_cells(nb)
-    assert audit.zeroed_questions is None
+    assert audit.zeroed_questions == set()
+    assert all(f.patches for f in audit.findings)
     assert any(expected in f.message for f in audit.findings), [f.message for f in audit.findings]
 
 
@@ -178,11 +179,12 @@ def test_patching_the_test_machinery_is_named_and_voids_every_question(code, exp
     ("from torchvision.ops import box_area", "torchvision.ops"),
     ("import torchvision\ny = torchvision.ops.box_area", "torchvision.ops.box_area"),
 ])
-def test_delegating_to_the_reference_zeroes_that_question_only(code, expected):
+def test_delegating_to_the_reference_reports_that_question_only(code, expected):
     nb = _fixture()
     _cell(nb, "q2_answer").source += "\n" + code
     audit = audit_cells(nb)
-    assert audit.zeroed_questions == {"q2_tests"}
+    assert audit.zeroed_questions == set()
+    assert audit.reported_questions == {"q2_tests"}
     assert expected in audit.findings[0].message
 
 
@@ -295,22 +297,10 @@ def test_new_statuses_have_a_severity():
 # --- the grader's own checks ---------------------------------------------------------------------
 
 def _probe_output(calls, namespace: dict) -> dict:
-    """Run the probe cells as the kernel would (here, in-process) and read back what they printed."""
-    import contextlib
-    import io
+    """What the verdict process would report for ``namespace``'s answers (computed here, in-process)."""
+    from course_lib.grading.verdicts import results_in_process
 
-    from course_lib.grading.verdicts import insert_probe_cells, take_probe_outputs
-
-    nb = nbformat.v4.new_notebook()
-    insert_probe_cells(nb, calls)
-    for cell in nb.cells:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            exec(cell.source, dict(namespace))  # noqa: S102 - the test plays the student's kernel
-        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed.getvalue())]
-    outputs = take_probe_outputs(nb)
-    assert nb.cells == [], "the probe cells must not stay in the graded notebook"
-    return outputs
+    return results_in_process(calls, dict(namespace))
 
 
 def _box_area(boxes):
@@ -349,15 +339,14 @@ def test_wrong_types_shapes_dtypes_and_values_are_caught_from_the_data(namespace
 
 
 def test_a_missing_or_forged_result_line_fails_every_probed_question():
-    from course_lib.grading.verdicts import RESULT_MARKER, calls_for, judge
+    from course_lib.grading.verdicts import calls_for, judge
 
     calls = calls_for("redteam", 7)
-    assert set(judge(calls, {}).values()) == {"the grader's check printed no readable results"}
+    assert set(judge(calls, {}).values()) == {"the verdict process gave no results for this answer"}
     forged = {q: {"device": "cpu", "results": [{"ok": {"int": 0}}] * sum(c.question == q for c in calls)}
               for q in ("q1_tests", "q2_tests")}
     verdicts = judge(calls, forged)
     assert all(verdicts.values()), verdicts
-    assert RESULT_MARKER.endswith(":")
 
 
 def test_outputs_must_stay_on_the_input_device():

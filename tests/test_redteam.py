@@ -225,17 +225,24 @@ def test_an_object_that_equals_everything_earns_nothing(graded):
     assert record.scores == {"q1_tests": 2.0, "q2_tests": 0.0}, record.message
 
 
-@pytest.mark.parametrize("student", ["patched_allclose", "patched_checkers", "hidden_traceback"])
-def test_patching_the_test_machinery_voids_the_notebook_and_says_what_was_patched(graded, student):
+#: Each patch, what the message names, and whether it makes the wrong q1 pass in the notebook: checks keeps
+#: its own torch.allclose, and an error is still recorded with the traceback display disabled.
+PATCHES = {"patched_allclose": ("torch.allclose", False), "patched_checkers": ("checks.check_close", True),
+           "hidden_traceback": ("get_ipython", False)}
+
+
+@pytest.mark.parametrize("student", PATCHES)
+def test_patching_the_test_machinery_is_reported_and_the_wrong_answer_earns_nothing(graded, student):
+    """The audit names the patch; whatever it does in the notebook, the wrong q1 scores 0 (the grader's
+    own check gives 0 where the patch made it pass) and the correct q2 keeps its point."""
     record = _record(graded, student)
+    patched, passes_in_the_notebook = PATCHES[student]
     assert record.status == "tampered"
-    assert record.total == 0.0
-    assert "test machinery" in record.message
-    patched = {"patched_allclose": "torch.allclose", "patched_checkers": "checks.check_close",
-               "patched_unseen": _with(q1_answer="type(checks).__setattr__(checks, 'check_close', lambda *args, **kwargs: None)\n"
-                                          + WRONG_Q1),
-        "hidden_traceback": "get_ipython"}[student]
-    assert patched in record.message
+    assert record.scores == {"q1_tests": 0.0, "q2_tests": 1.0}, record.message
+    assert "test machinery" in record.message and patched in record.message
+    assert "reported; the points come from the grader's own check" in record.message
+    passed_note = "q1_tests passed in the notebook but not the grader's own check"
+    assert (passed_note in record.message) == passes_in_the_notebook, record.message
 
 
 def test_a_patch_the_audit_misses_still_fails_the_graders_own_check(graded):
@@ -290,6 +297,7 @@ def test_delegating_to_the_reference_earns_nothing_for_those_questions(graded):
     assert record.status == "delegated"
     assert record.total == 0.0
     assert "torchvision.ops" in record.message and "course_lib.models" in record.message
+    assert "is not available while your answer is graded" in record.message
 
 
 def test_edited_tests_are_restored_and_flagged(graded):

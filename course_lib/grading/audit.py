@@ -1,12 +1,29 @@
-"""Reading the student's code before it runs: delegation to the reference and patched test machinery.
+"""Reading the student's code before it runs: a report of delegation and patched test machinery.
 
 Tests run in the student's own kernel, so an answer can change what the tests compute: replace
 ``torch.allclose``, the course's checkers or IPython's traceback display, or simply call the
-reference implementation it was asked to write. This module reads every code cell the student can
-edit (answers and cells they added) and names those moves, so the grade record can say:
+reference implementation it was asked to write. The points do not depend on that: a question
+keeps them only if the grader's own check confirms its results in the verdict process, where the
+references do not exist and the tests do not run (`verdict_process`). This module reads every
+code cell the student can edit (answers and cells they added) and names those moves for the
+instructor, with the cell, the line's code and what it reaches (each message ends with `REPORTED`,
+"reported; the points come from the grader's own check"):
 
-    q1_answer imports course_lib.models (the reference it should re-implement): q1_tests scores 0
-    cell 9 replaces torch.allclose (test machinery): every question scores 0
+    q1_answer imports box_iou from course_lib.detection (the reference it should re-implement): reported; ...
+    cell 9 replaces torch.allclose (test machinery): reported; ...
+
+One kind of finding costs points, because the verdict process cannot see it: a question's own prose
+ruling out a torch function inside one definition (`OFF_LIMITS_IN`: exercise 2's ``LayerNorm2d``
+computes the mean and variance itself, so ``nn.LayerNorm`` and ``F.layer_norm`` are ruled out
+inside it, while its ``ConvNeXtBlock`` may use ``nn.LayerNorm``; exercise 6's ``frames_to_batches``
+converts uint8 frames itself). torch's functions are where the verdict process computes too, so a
+definition built on them gives the right results; the audit zeroes that question:
+
+    q2_answer uses F.layer_norm in LayerNorm2d (which the question asks to compute by hand): q2_tests scores 0
+
+So does a cell that redefines such a definition with what is ruled out after the answer, before the
+question's tests (the verdict process calls the definition in force where the tests stand), and a
+cell there that the audit cannot read at all (nested hundreds deep), like such an answer cell.
 
 What counts as the reference: every module of ``course_lib`` except the helpers the exercises'
 set-up imports (``checks``, ``get_device``, ...), and torchvision's own versions of what the
@@ -15,35 +32,39 @@ matching, ResNet and ConvNeXt blocks, stochastic depth), public or private, wher
 keeps them. The audit reads cells as the kernel does (IPython's ``%time x = f()``, ``files = !ls``,
 ``torch?``) and follows how a notebook names the references:
 
-* imports in every form, and plain aliases (``ops = torchvision.ops``), read notebook-wide: so
-  ``box_ops.box_iou`` after ``from torchvision.ops import boxes as box_ops``, ``cl.models.ResidualBlock``
-  after ``import course_lib as cl``, or ``torch.ops.torchvision.nms`` resolve to what they are;
-* look-ups by a constant name: ``getattr(torchvision.ops, "nms")``, ``ops.__dict__["nms"]``,
+* imports in every form (``__import__`` and ``importlib.import_module`` with a constant name too),
+  and plain aliases (``ops = torchvision.ops``), read notebook-wide: so ``box_ops.box_iou`` after
+  ``from torchvision.ops import boxes as box_ops``, ``cl.models.ResidualBlock`` after ``import
+  course_lib as cl``, or ``torch.ops.torchvision.nms`` resolve to what they are;
+* look-ups by a constant name: ``getattr(torchvision.ops, "nms")``, ``vars(ops)["nms"]``,
   ``sys.modules["course_lib.detection"]``, ``locals()["helper"]``; by a computed name they are
-  flagged for review;
+  reported for review;
 * names that reach a reference from another cell: bound by an import in a cell the student added
   or in another answer, bound by the instructor's hidden tests (``reference_box_iou``: pass the
   assignment's source notebook as ``source``, since a submission holds only the released tests),
-  or helpers defined in added cells that use one. An answer that uses such a name scores 0, and
-  so does an answer that an added cell after it redefines with one;
-* a question's own prose: exercise 2's ``LayerNorm2d`` computes the mean and variance itself, so
-  ``nn.LayerNorm`` and ``F.layer_norm`` are ruled out inside it (`OFF_LIMITS_IN`), while its
-  ``ConvNeXtBlock`` may use ``nn.LayerNorm``; torch itself (``F.smooth_l1_loss``) is fine everywhere.
+  or helpers defined in added cells that use one; and an added cell after an answer that redefines
+  it with one.
 
-A finding that belongs to no question (an added cell that imports a reference, a look-up by a
-computed name) costs no points: the grade record lists its message with status ``delegated``, for
-a person to read ("flagged for review").
+Test machinery (`_patches`) is what the notebook's tests compute and report verdicts with:
+assigning or deleting attributes of torch, torchvision, ``course_lib`` (``checks``), nbgrader,
+unittest, traceback, IPython, ``builtins``, ``sys`` and of the modules the tests import (``io``,
+``contextlib``, ``math``); writing ``sys.modules`` or such a module's ``__dict__``;
+``unittest.mock.patch`` on them; IPython's error display and cell hooks
+(``get_ipython().showtraceback = ...``, ``set_custom_exc``, ``events.register``,
+``ast_transformers``); ``sys.settrace``; replacing a function's code or globals or a frame's
+variables. Everything else is ordinary code and is not reported: imports of any module
+(``IPython.display``, ``inspect``, ``importlib``, ``warnings``, ``tqdm``), settings
+(``plt.rcParams``, ``os.environ``, ``torch.backends``, ``sys.path``, print options, seeds),
+magics (``%matplotlib inline``, ``%time``), ``exec``, ``globals()``, helper cells, pasted cells.
 
 Limits. This is a static check, done by the grader in its own process: it reads what the source
 says, not what it computes. It does not follow references through values (``f(torchvision.ops)``,
 a list or dict of functions, a string built at run time, ``operator.attrgetter``, code written to
 a file and imported), and names are tracked per notebook and per function, not per line. It
 judges each answer on its own text: a later answer may call an earlier one (the exercises say
-so), even one that delegated (that earlier question already scores 0), and a helper defined in an
-answer cell is that answer's, not followed into the others. A patch of the test machinery that it
-misses still meets the grader's own checks of the answers' outputs (`verdicts`); a delegation it
-misses computes the right outputs, so it needs a person. The audit therefore names clear cases
-and stays free of false positives rather than guessing.
+so), and a helper defined in an answer cell is that answer's, not followed into the others.
+Whatever it misses meets the grader's own check of the answers' outputs (`verdicts`), except a
+use of what a question rules out, which needs a person.
 """
 from __future__ import annotations
 
@@ -63,12 +84,14 @@ ALLOWED_COURSE_NAMES = ("checks", "get_device", "seed_everything", "count_params
 TORCHVISION_REFERENCES = frozenset({
     # exercise 4 and the detection lessons: box operations, NMS, ROI pooling, and their private helpers
     "box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_area", "box_convert",
+    "_box_xyxy_to_cxcywh", "_box_cxcywh_to_xyxy", "_box_xywh_to_xyxy", "_box_xyxy_to_xywh",
     "_box_inter_union", "_box_diou_iou", "_loss_inter_union", "nms", "batched_nms", "_batched_nms_vanilla",
     "_batched_nms_coordinate_trick", "roi_align", "roi_pool", "RoIAlign", "RoIPool",
     # exercise 4: focal loss, box coding and matching from torchvision's detection models
     "sigmoid_focal_loss", "BoxCoder", "encode_boxes", "Matcher", "SSDMatcher",
     # exercise 1: ResNet's blocks and models
     "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "ResBottleneckBlock", "BottleneckTransform",  # RegNet's: ResNet's bottleneck block under another name
     # exercise 2: ConvNeXt's block, its LayerNorm, stochastic depth and models
     "CNBlock", "LayerNorm2d", "stochastic_depth", "StochasticDepth", "ConvNeXt", "convnext_tiny",
     "convnext_small", "convnext_base", "convnext_large",
@@ -91,18 +114,41 @@ OFF_LIMITS_IN = {
 }
 #: The notebook's own namespace, as ``import __main__`` or ``locals()`` reach it.
 NAMESPACE = "__main__"
-#: Aliases worth following besides references: ``t = torch`` leads to ``t.ops.torchvision``.
-ALIAS_ROOTS = ("torch", "torch.ops", "sys", "sys.modules", NAMESPACE)
+#: The IPython shell, as ``get_ipython()`` gives it.
+SHELL = "get_ipython()"
+#: The notebook's namespace as the shell holds it.
+SHELL_NAMESPACES = (f"{SHELL}.user_ns", f"{SHELL}.user_global_ns")
+#: Aliases worth following besides references: ``t = torch`` leads to ``t.ops.torchvision``, ``ip = get_ipython()``
+#: to ``ip.showtraceback``.
+ALIAS_ROOTS = ("torch", "torch.ops", "sys", "sys.modules", NAMESPACE, SHELL)
 
-#: Names whose attributes, when assigned or deleted, change how tests compute or report verdicts.
-PROTECTED_ROOTS = ("torch", "nn", "F", "np", "numpy", "checks", "course_lib", "builtins", "__builtins__", "sys",
-                   "math", "IPython", "traceback", "unittest", "operator", "functools", "nbgrader")
-#: Calls that reach into the interpreter or the kernel to change verdicts or tracebacks.
-FORBIDDEN_CALLS = ("get_ipython", "setattr", "delattr", "__import__", "exec", "eval", "compile", "globals",
-                   "_getframe", "settrace", "setprofile", "excepthook", "showtraceback", "register_cell_magic", "vars")
-#: Settings an answer may change (they do not touch how verdicts are computed).
-ALLOWED_SETTINGS = ("torch.backends.", "np.random.", "numpy.random.")
-FORBIDDEN_MODULES = ("importlib", "ctypes", "gc", "inspect", "IPython", "traceback", "builtins")
+#: Modules the tests compute and report verdicts with: assigning or deleting their attributes (through
+#: any alias: ``t.allclose``, ``checks.check_close``) is reported. The modules a notebook's tests import
+#: count too (exercise 1's hidden tests capture prints with ``io`` and ``contextlib``, exercise 2's use ``math``).
+MACHINERY_MODULES = frozenset({"torch", "torchvision", "course_lib", "nbgrader", "unittest", "traceback", "IPython",
+                               "builtins", "__builtins__", "sys"})
+#: Attributes of those an answer may set: settings that do not touch how verdicts are computed
+#: (``torch.backends.cudnn.benchmark``, ``sys.path``, IPython's ``InteractiveShell.ast_node_interactivity``).
+ALLOWED_SETTINGS = ("torch.backends", "sys.path", "sys.argv", "sys.dont_write_bytecode",
+                    "IPython.core.interactiveshell.InteractiveShell.ast_node_interactivity")
+#: IPython's error display and the hooks that rewrite or wrap the cells that run after (the tests),
+#: reported wherever the notebook reaches them (``get_ipython().showtraceback = ...``).
+IPYTHON_HOOKS = frozenset({"showtraceback", "_showtraceback", "showsyntaxerror", "set_custom_exc", "CustomTB",
+                           "custom_exceptions", "ast_transformers", "input_transformers_cleanup",
+                           "input_transformers_post", "excepthook"})
+#: Calls that make the interpreter run the student's code around every later line or cell.
+INTERPRETER_HOOKS = ("sys.settrace", "sys.setprofile", "sys.addaudithook", "threading.settrace",
+                     "threading.setprofile", "threading.settrace_all_threads", "threading.setprofile_all_threads")
+#: ``get_ipython().events.register("pre_run_cell", f)``: code run before or after each test cell.
+IPYTHON_EVENT_CALLS = (".events.register", ".events.unregister")
+#: Attributes whose assignment replaces what a function runs or a frame sees (``f.__code__ = ...``).
+CODE_INTERNALS = frozenset({"__code__", "__globals__", "__defaults__", "__kwdefaults__", "__closure__", "__class__",
+                            "f_globals", "f_locals", "f_builtins", "f_trace"})
+#: Methods that change a mapping in place: on ``sys.modules`` or a module's ``__dict__`` they patch.
+MAPPING_WRITES = frozenset({"update", "pop", "popitem", "setdefault", "clear", "__setitem__", "__delitem__"})
+#: unittest.mock's patchers, reported when what they patch is test machinery.
+MOCK_PATCHERS = ("unittest.mock.patch", "unittest.mock.patch.object", "unittest.mock.patch.dict",
+                 "unittest.mock.patch.multiple")
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _FUNCTION_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
@@ -111,12 +157,15 @@ _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 @dataclass
 class Finding:
-    """One problem in one cell; ``patches`` ones void every question, the others one question."""
+    """One finding in one cell, for the instructor: ``question`` is the test cell it concerns (None: no
+    one question), ``patches`` says it touches the test machinery, ``zeroes`` that ``question``
+    scores 0 (only what the question's prose rules out, `OFF_LIMITS_IN`); the others are reported."""
 
     cell: str
     question: str | None
     message: str
     patches: bool
+    zeroes: bool = False
 
 
 @dataclass
@@ -124,11 +173,14 @@ class Audit:
     findings: list[Finding] = field(default_factory=list)
 
     @property
-    def zeroed_questions(self) -> set[str] | None:
-        """Test cells that score 0 (None: every one of them)."""
-        if any(f.patches for f in self.findings):
-            return None
-        return {f.question for f in self.findings if f.question}
+    def zeroed_questions(self) -> set[str]:
+        """Test cells that score 0: those whose definitions use what their question rules out."""
+        return {f.question for f in self.findings if f.zeroes and f.question}
+
+    @property
+    def reported_questions(self) -> set[str]:
+        """Test cells whose answers reach a reference (reported; their points come from the grader's check)."""
+        return {f.question for f in self.findings if not f.zeroes and f.question}
 
 
 def graded_cell_of(answer_id: str | None) -> str | None:
@@ -322,6 +374,22 @@ class _Namespace:
             return self._entry(node.value, node.slice, globals_)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("locals", "globals"):
             return {NAMESPACE}
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "get_ipython":
+            return {SHELL}
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "vars":
+            if not node.args:
+                return {NAMESPACE}
+            return {f"{base}.__dict__" for base in self._modules(node.args[0], globals_)}
+        if isinstance(node, ast.Call) and self.imports_module(node, globals_):
+            module = _constant_str(node.args[0]) if node.args else None
+            if module is None or module.startswith("."):
+                return set()
+            # __import__("a.b") gives package a, unless asked for names from a.b; import_module gives a.b
+            names_from = node.args[3] if len(node.args) > 3 else next(
+                (k.value for k in node.keywords if k.arg == "fromlist"), None)
+            whole = "importlib.import_module" in self.resolve(node.func, globals_) or \
+                (names_from is not None and not (isinstance(names_from, ast.Constant) and not names_from.value))
+            return {module if whole else module.split(".")[0]}
         if isinstance(node, ast.Call) and (lookup := _lookup(node)):
             owner, name, in_table = lookup
             if in_table:
@@ -330,13 +398,18 @@ class _Namespace:
             return {f"{base}.{key}" for base in self._modules(owner, globals_)} if key else set()
         return set()
 
+    def imports_module(self, node: ast.Call, globals_: set[int] | None) -> bool:
+        """Whether ``node`` calls ``__import__`` or ``importlib.import_module``."""
+        imports = {"__import__", "builtins.__import__", "importlib.import_module"}
+        return bool(self.resolve(node.func, globals_) & imports)
+
     def _entry(self, table: ast.AST, key: ast.AST, globals_: set[int] | None) -> set[str]:
         """``sys.modules["torchvision.ops"]`` is torchvision.ops, ``ops.__dict__["nms"]`` is ops.nms,
-        ``locals()["helper"]`` is __main__.helper."""
+        ``locals()["helper"]`` and ``get_ipython().user_ns["helper"]`` are __main__.helper."""
         key = _constant_str(key)
         if key is None:
             return set()
-        tables = self.resolve(table, globals_)
+        tables = {NAMESPACE if t in SHELL_NAMESPACES else t for t in self.resolve(table, globals_)}
         return ({key} if "sys.modules" in tables else set()) | {
             f"{t.removesuffix('.__dict__')}.{key}" for t in tables if t.endswith(".__dict__") or t == NAMESPACE}
 
@@ -348,16 +421,20 @@ class _Namespace:
 
 # --- the findings ---------------------------------------------------------------------------------
 
-#: Why a finding costs the question its points.
+#: Why a finding is there: what an answer reached, and what its question rules out (that one costs the points).
 REFERENCE_REASON = "the reference it should re-implement"
 OFF_LIMITS_REASON = "which the question asks to compute by hand"
+#: The end of every finding that costs nothing.
+REPORTED = "reported; the points come from the grader's own check"
 
 
 @dataclass
 class _Delegations:
-    """What one piece of code reaches: (what it does, the dotted path it reaches, why it counts)."""
+    """What one piece of code reaches: (what it does, the dotted path it reaches, why it counts); what it
+    uses that a question rules out: (what it does, the dotted path, the definition it is in)."""
 
     found: list[tuple[str, str, str]] = field(default_factory=list)
+    off_limits: list[tuple[str, str, str]] = field(default_factory=list)
     review: list[str] = field(default_factory=list)
     covered: set[int] = field(default_factory=set)  # ids of the Name nodes inside what was found
 
@@ -381,6 +458,8 @@ def _delegations(tree: ast.AST, names: _Namespace, globals_: set[int]) -> _Deleg
                 result.found.append((f"imports {', '.join(imported)} from {node.module}",
                                      f"{node.module}.{imported[0]}", REFERENCE_REASON))
         elif isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+            if isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del)):
+                continue  # replacing a reference is no use of it (`_patches` reads assignments)
             parent = parents.get(id(node))
             if isinstance(parent, (ast.Attribute, ast.Subscript)) and parent.value is node:
                 continue  # the longest chain speaks for it
@@ -394,33 +473,80 @@ def _delegations(tree: ast.AST, names: _Namespace, globals_: set[int]) -> _Deleg
             elif _dynamic_lookup(node, names, globals_):
                 result.review.append(f"looks up {text} by a computed name")
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name in OFF_LIMITS_IN:
-            result.found += _off_limits(node, OFF_LIMITS_IN[node.name], names, globals_)
+            result.off_limits += _off_limits(node.name, node, names, globals_)
+        elif isinstance(node, ast.Assign):  # LayerNorm2d = nn.LayerNorm
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id in OFF_LIMITS_IN:
+                    result.off_limits += _off_limits(target.id, node.value, names, globals_)
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:  # ... import LayerNorm as LayerNorm2d
+            for alias in node.names:
+                path = f"{node.module}.{alias.name}"
+                if alias.asname in OFF_LIMITS_IN and _is_ruled_out(path, alias.asname):
+                    result.off_limits.append((f"imports {alias.name} from {node.module} as {alias.asname}", path,
+                                              alias.asname))
+    # a look-up inside a definition that rules something out is decided there, not left for review
+    decided = [what for what, _, _ in result.off_limits]
+    result.review = [what for what in result.review if not any(o.startswith(f"{what} in ") for o in decided)]
     return result
 
 
-def _off_limits(definition: ast.AST, ruled_out: frozenset[str], names: _Namespace,
-                globals_: set[int]) -> list[tuple[str, str, str]]:
-    """Uses of what the question rules out, inside its definition (``nn.LayerNorm`` in ``LayerNorm2d``)."""
+def _is_ruled_out(path: str, definition: str) -> bool:
+    """Whether ``path`` is torch's or torchvision's version of what ``definition``'s question rules out."""
+    return path.split(".")[0] in ("torch", "torchvision") and path.rsplit(".", 1)[-1] in OFF_LIMITS_IN[definition]
+
+
+def _off_limits(definition: str, code: ast.AST, names: _Namespace, globals_: set[int]) -> list[tuple[str, str, str]]:
+    """Uses of what the question rules out in ``code``, the definition of ``definition`` or the value it is
+    bound to (``nn.LayerNorm`` or ``getattr(F, "layer_norm")`` in ``LayerNorm2d``), and look-ups in torch or
+    torchvision by a name the audit cannot read there (``getattr(TF, "to_" + "dtype")``): nothing else
+    can tell whether they reach what is ruled out."""
     found = []
-    for node in ast.walk(definition):
-        if isinstance(node, (ast.Attribute, ast.Name)) and isinstance(node.ctx, ast.Load):
-            paths = sorted(p for p in names.resolve(node, globals_)  # torch's, not a method of the student's
-                           if p.split(".")[0] in ("torch", "torchvision") and p.rsplit(".", 1)[-1] in ruled_out)
+    for node in ast.walk(code):
+        if isinstance(node, (ast.Attribute, ast.Name, ast.Subscript)) and isinstance(node.ctx, ast.Load) \
+                or isinstance(node, ast.Call):
+            # torch's, not a method of the student's
+            paths = sorted(p for p in names.resolve(node, globals_) if _is_ruled_out(p, definition))
+            text = ast.unparse(node)
             if paths:
-                found.append((f"uses {ast.unparse(node)} in {definition.name}", paths[0], OFF_LIMITS_REASON))
+                found.append((f"uses {text} in {definition}", paths[0], definition))
+            elif owner := _torch_looked_up(node, names, globals_):
+                found.append((f"looks up {text} by a computed name in {definition}", owner, definition))
     return found
 
 
-def _dynamic_lookup(node: ast.AST, names: _Namespace, globals_: set[int]) -> bool:
-    """``getattr(torchvision.ops, name)``, ``sys.modules[name]``: a look-up by a name the audit cannot read."""
+def _computed_lookup(node: ast.AST) -> tuple[ast.AST, bool] | None:
+    """``(owner, in_table)`` of a look-up by a name the source does not spell out: ``owner[key]``
+    (a table) or ``getattr(owner, key)``; None for anything else."""
     if isinstance(node, ast.Subscript):
         owner, key, in_table = node.value, node.slice, True
     elif isinstance(node, ast.Call) and (lookup := _lookup(node)):
         owner, key, in_table = lookup
     else:
+        return None
+    return None if _constant_str(key) is not None else (owner, in_table)
+
+
+def _torch_looked_up(node: ast.AST, names: _Namespace, globals_: set[int]) -> str | None:
+    """The torch or torchvision module that ``getattr(module, name)`` or ``vars(module)[name]`` looks a
+    computed name up in, or None."""
+    computed = _computed_lookup(node)
+    if computed is None:
+        return None
+    owner, in_table = computed
+    paths = sorted(p.removesuffix(".__dict__") for p in names.resolve(owner, globals_)
+                   if p.split(".")[0] in ("torch", "torchvision") and (p.endswith(".__dict__") or not in_table))
+    return paths[0] if paths else None
+
+
+def _dynamic_lookup(node: ast.AST, names: _Namespace, globals_: set[int]) -> bool:
+    """``getattr(torchvision.ops, name)``, ``sys.modules[name]``, ``importlib.import_module(name)``: a look-up
+    by a name the audit cannot read."""
+    if isinstance(node, ast.Call) and names.imports_module(node, globals_):
+        return bool(node.args) and _constant_str(node.args[0]) is None
+    computed = _computed_lookup(node)
+    if computed is None:
         return False
-    if _constant_str(key) is not None:
-        return False
+    owner, in_table = computed
     paths = names.resolve(owner, globals_)
     if in_table:  # only the table of modules and namespaces hold what modules define
         paths = {p.removesuffix(".__dict__") for p in paths
@@ -428,42 +554,85 @@ def _dynamic_lookup(node: ast.AST, names: _Namespace, globals_: set[int]) -> boo
     return any(_reaches_references(p) for p in paths)
 
 
-def _patches(tree: ast.AST, roots: set[str] = frozenset()) -> list[str]:
-    roots = set(PROTECTED_ROOTS) | set(roots)
+def _patches(tree: ast.AST, names: _Namespace, globals_: set[int], machinery: frozenset[str]) -> list[str]:
+    """What ``tree`` does to the test machinery (`MACHINERY_MODULES` and ``machinery``, the modules the tests use)."""
+
+    def machinery_path(node: ast.AST | str) -> str | None:  # torch.allclose for t.allclose
+        if isinstance(node, str):  # a name or a dotted path in a string: resolve its first part
+            first, _, rest = node.partition(".")
+            paths = {".".join(filter(None, (p, rest))) for p in {first} | names.paths.get(first, set())}
+        else:
+            paths = names.resolve(node, globals_)
+        own = [p.removeprefix(NAMESPACE + ".") for p in paths if p.startswith(NAMESPACE + ".")]  # __main__.checks
+        paths = set(paths) | {path for name in own if (path := machinery_path(name))}
+        return next((p for p in sorted(paths) if p.split(".")[0] in machinery and not _allowed_setting(p)), None)
+
     found = []
     for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in IPYTHON_HOOKS:
+            text = _dotted(node)
+            shell = sorted(p for p in names.resolve(node, globals_) if p.startswith(SHELL) and p != text)
+            found.append(f"{'uses' if isinstance(node.ctx, ast.Load) else 'replaces'} {text}"
+                         + (f" ({shell[0]})" if shell else ""))
         targets = []
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
-        for target in targets:
-            tops = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
-            for top in tops:
-                if isinstance(top, ast.Subscript):  # torch.__dict__["allclose"] = ...
-                    top = top.value
-                    if isinstance(top, ast.Call) and _dotted(top.func) == "locals":
-                        found.append("replaces a name through locals()")
-                dotted = _dotted(top) if isinstance(top, (ast.Attribute, ast.Name)) else ""
-                if "." in dotted and dotted.split(".")[0] in roots and not dotted.startswith(ALLOWED_SETTINGS):
-                    found.append(f"replaces {dotted}")
-                elif dotted == "__builtins__":
-                    found.append("replaces __builtins__")
+            targets = list(node.targets) if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+        verb = "deletes" if isinstance(node, ast.Delete) else "replaces"
+        while targets:
+            top = targets.pop()
+            if isinstance(top, (ast.Tuple, ast.List, ast.Starred)):
+                targets.extend(top.elts if isinstance(top, (ast.Tuple, ast.List)) else [top.value])
+            elif isinstance(top, ast.Attribute) and top.attr not in IPYTHON_HOOKS:
+                if top.attr in CODE_INTERNALS or machinery_path(top):
+                    found.append(f"{verb} {_dotted(top)}")
+            elif isinstance(top, ast.Subscript):  # sys.modules["torch"] = ..., torch.__dict__["allclose"] = ...
+                table = top.value
+                if names.resolve(table, globals_) & {NAMESPACE, f"{NAMESPACE}.__dict__", *SHELL_NAMESPACES}:
+                    key = _constant_str(top.slice)  # locals()["checks"] = ...: the name itself
+                    if key and machinery_path(key):
+                        found.append(f"{verb} {key} through {ast.unparse(table)}")
+                elif machinery_path(table) or _attributes(table) & CODE_INTERNALS:
+                    found.append(f"{verb} {ast.unparse(top)}")
+            elif isinstance(top, ast.Name) and top.id == "__builtins__":
+                found.append(f"{verb} __builtins__")
         if isinstance(node, ast.Call):
-            name = _dotted(node.func).split(".")[-1]
-            if name in ("setattr", "delattr"):  # setattr(self, ...) builds modules; setattr(torch, ...) patches
-                first = _dotted(node.args[0]).split(".")[0] if node.args else ""
-                if first in roots:
-                    found.append(f"calls {name} on {_dotted(node.args[0])}")
-            elif name in FORBIDDEN_CALLS:
-                found.append(f"calls {_dotted(node.func)}")
-        elif isinstance(node, ast.Attribute) and node.attr in ("excepthook", "showtraceback", "_getframe",
-                                                                "__globals__", "__code__", "__class__"):
-            found.append(f"uses {_dotted(node)}")
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            for module in modules:
-                if module.split(".")[0] in FORBIDDEN_MODULES:
-                    found.append(f"imports {module}")
+            found += _patching_call(node, names, globals_, machinery_path)
     return found
+
+
+def _patching_call(node: ast.Call, names: _Namespace, globals_: set[int], machinery_path) -> list[str]:
+    """``setattr(checks, ...)``, ``sys.modules.update(...)``, ``sys.settrace(f)``, ``mock.patch("torch.allclose")``."""
+    function = names.resolve(node.func, globals_)
+    dotted = _dotted(node.func)
+    first = node.args[0] if node.args else None
+    if function & {"setattr", "delattr", "builtins.setattr", "builtins.delattr"} and first is not None:
+        attribute = _constant_str(node.args[1]) if len(node.args) > 1 else None
+        # setattr(__main__, "F", ...) rebinds the notebook's own name F
+        in_namespace = attribute is not None and NAMESPACE in names.resolve(first, globals_)
+        if machinery_path(first) or attribute in IPYTHON_HOOKS | CODE_INTERNALS or in_namespace and \
+                machinery_path(attribute):
+            return [f"calls {dotted} on {_dotted(first) or ast.unparse(first)}"]
+    if isinstance(node.func, ast.Attribute) and node.func.attr in MAPPING_WRITES:
+        tables = names.resolve(node.func.value, globals_)  # sys.modules, torch.__dict__, vars(checks)
+        if "sys.modules" in tables or any(t.endswith(".__dict__") and machinery_path(node.func.value) for t in tables):
+            return [f"changes {ast.unparse(node.func.value)}"]
+    if function & set(INTERPRETER_HOOKS) or dotted.endswith(IPYTHON_EVENT_CALLS):
+        return [f"calls {dotted}"]
+    if function & set(MOCK_PATCHERS) and first is not None:
+        target = _constant_str(first)
+        if machinery_path(target) if target is not None else machinery_path(first):
+            return [f"patches {target or ast.unparse(first)} with {dotted}"]
+    return []
+
+
+def _allowed_setting(path: str) -> bool:
+    return any(path == allowed or path.startswith(allowed + ".") for allowed in ALLOWED_SETTINGS)
+
+
+def _attributes(node: ast.AST) -> set[str]:
+    """The attribute names along a chain: ``f.__globals__["x"].y`` -> {"__globals__", "y"}."""
+    return {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+
 
 
 def _dotted(node: ast.AST) -> str:
@@ -482,9 +651,60 @@ def _dotted(node: ast.AST) -> str:
 
 #: Magics whose argument or body is Python run in the student's namespace (or written for an import).
 CODE_MAGICS = ("time", "timeit", "prun", "capture", "writefile")
+#: How deep a cell's syntax tree may nest for the audit to read it: Python's parser and the audit's
+#: walks recurse once per level; honest code nests 20 levels at most.
+MAX_SYNTAX_DEPTH = 200
+#: The audit's work on a tree grows with the sum of its nodes' depths (it resolves and quotes each
+#: chain from every link): at most this per cell, and per notebook. The course's largest module
+#: (this one, 700 lines) sums to about 50,000.
+MAX_SYNTAX_WORK = 400_000
+MAX_NOTEBOOK_SYNTAX_WORK = 2_000_000
+#: Words of a magic's options tried before its code (``%timeit -n1 -r 2 y = f()``): each try parses the rest.
+MAX_MAGIC_OPTION_WORDS = 8
+#: Why the audit could not read a cell (``(((...)))`` thousands deep, ``- - - ... 1``, or too much of it).
+NESTED_TOO_DEEPLY = "nested too deeply"
+TOO_COMPLEX = "too long and too deeply nested"
+TOO_MUCH_CODE = "the notebook holds too much deeply nested code"
+
+
+class _Unreadable(Exception):
+    """A cell the audit cannot read (too deep for the parser or for its own walks); the message says why."""
 
 
 def _parse(cell) -> ast.Module | None:
+    """`_read_cell`'s tree; None for a cell with a syntax error or one the audit cannot read."""
+    try:
+        return _read_cell(cell)[0]
+    except _Unreadable:
+        return None
+
+
+def _read_cell(cell) -> tuple[ast.Module | None, int]:
+    """`_parse_cell`'s tree and the audit's work on it (`_syntax_work`); raises `_Unreadable` instead
+    of the parser's RecursionError or MemoryError, and for a tree too deep or too large for the audit."""
+    try:
+        tree = _parse_cell(cell)
+    except (RecursionError, MemoryError):
+        raise _Unreadable(NESTED_TOO_DEEPLY) from None
+    work = 0 if tree is None else _syntax_work(tree)
+    if work > MAX_SYNTAX_WORK:
+        raise _Unreadable(TOO_COMPLEX)
+    return tree, work
+
+
+def _syntax_work(tree: ast.AST) -> int:
+    """The sum of the depths of ``tree``'s nodes, counted without recursion; `_Unreadable` past `MAX_SYNTAX_DEPTH`."""
+    total, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SYNTAX_DEPTH:
+            raise _Unreadable(NESTED_TOO_DEEPLY)
+        total += depth
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return total
+
+
+def _parse_cell(cell) -> ast.Module | None:
     """The cell's syntax tree, IPython's syntax included (``%time x = f()``, ``files = !ls``, ``torch?``)."""
     try:
         return ast.parse(cell.source)
@@ -504,7 +724,7 @@ def _parse(cell) -> ast.Module | None:
 def _code_in(text: str) -> list[ast.stmt]:
     """The statements of a magic's argument, after its options (``-n1 -r 2 y = f()``)."""
     words = text.split(" ")
-    for start in range(len(words)):
+    for start in range(min(len(words), MAX_MAGIC_OPTION_WORDS + 1)):
         try:
             return ast.parse(" ".join(words[start:])).body
         except SyntaxError:
@@ -538,17 +758,6 @@ class _MagicsAsCode(ast.NodeTransformer):
         if code is None:
             return self.generic_visit(node)
         return code[0].value if len(code) == 1 and isinstance(code[0], ast.Expr) else ast.Constant(None)
-
-
-def module_names(nb) -> set[str]:
-    """Names the notebook binds to imported modules or their members (``import torch as t`` gives ``t``)."""
-    names: set[str] = set()
-    for cell in nb.cells:
-        tree = _parse(cell) if cell.cell_type == "code" else None
-        for node in ast.walk(tree) if tree else ():
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
-    return names
 
 
 @dataclass
@@ -594,8 +803,18 @@ def audit_cells(nb, source=None) -> Audit:
     ``source``: the assignment's source notebook, whose hidden tests bind names that answers must
     not use either (``reference_box_iou``); without it only the tests in ``nb`` are read.
     """
-    cells = [_Cell(i, cell_kind(c), grade_id(c), tree) for i, c in enumerate(nb.cells)
-             if c.cell_type == "code" and (tree := _parse(c)) is not None]
+    cells, unreadable, work = [], {}, 0
+    for i, c in enumerate(nb.cells):
+        try:
+            tree, cost = _read_cell(c) if c.cell_type == "code" else (None, 0)
+            work += cost
+            if work > MAX_NOTEBOOK_SYNTAX_WORK:
+                raise _Unreadable(TOO_MUCH_CODE)
+        except _Unreadable as why:  # a finding below, for the answer or added cell it is
+            unreadable[i] = str(why)
+            continue
+        if tree is not None:
+            cells.append(_Cell(i, cell_kind(c), grade_id(c), tree))
     hidden = [tree for c in (source.cells if source is not None else []) if c.cell_type == "code"
               and cell_kind(c) == "tests" and (tree := _parse(c)) is not None]
     names = _Namespace([c.tree for c in cells] + hidden)
@@ -621,11 +840,14 @@ def audit_cells(nb, source=None) -> Audit:
         references |= _references_bound(cell.tree, names, cell.where)
     in_added = {id(s): _delegations(s, names, c.globals_) for c in added for s in c.tree.body}
     binders: dict[str, _Cell] = {}  # name -> the added cell that made it reach a reference
+    answer_names = {a.index: _bound_names(a.tree.body) for a in answers}  # once each: the loop below repeats
+    redefined_after = {cell.index: {name for a in answers if a.index > cell.index for name in answer_names[a.index]}
+                       for cell in added}
     changed = True
     while changed:  # until no helper of an added cell reaches a reference through another one
         changed = False
         for cell in added:
-            redefined_later = {name for a in answers if a.index > cell.index for name in _bound_names(a.tree.body)}
+            redefined_later = redefined_after[cell.index]
             for statement in cell.tree.body:
                 reached = [path for _, path, _ in in_added[id(statement)].found]
                 reached += [n.id for n, _ in _global_loads(statement) if n.id in references]
@@ -641,46 +863,100 @@ def audit_cells(nb, source=None) -> Audit:
                 changed |= bool(new)
 
     audit = Audit()
-    roots = module_names(nb)
+
+    def add(where: str, question: str | None, what: str, *, patches: bool = False, zeroes: bool = False) -> None:
+        message = f"{where} {what}: {f'{question} scores 0' if zeroes else REPORTED}"
+        if all(f.message != message for f in audit.findings):
+            audit.findings.append(Finding(where, question, message, patches, zeroes and question is not None))
+
+    # What the questions rule out is decided here: the verdict process computes with torch as the answer
+    # does. The definition that counts is the one in force where the question's tests stand (the verdict
+    # process calls it there): the answer's, or a later cell's before the tests.
+    owners = _ruled_out_owners(source.cells if source is not None else nb.cells)  # LayerNorm2d -> q2_answer
+    owners |= {name: cell.gid for name, cell in defined_by.items() if name in OFF_LIMITS_IN and name not in owners}
+    positions = {grade_id(c): i for i, c in reversed(list(enumerate(nb.cells))) if grade_id(c)}  # first copies
+    tested_at = {name: positions.get(graded_cell_of(owner), len(nb.cells)) for name, owner in owners.items()}
+    definitions = []  # (cell, name, what it uses that its question rules out, or None), in notebook order
+    for cell in sorted(answers + added, key=lambda c: c.index):
+        for statement in cell.tree.body:
+            for name in _bound_names([statement]) & OFF_LIMITS_IN.keys():
+                ruled_out = [p for _, p, d in _delegations(statement, names, cell.globals_).off_limits if d == name]
+                definitions.append((cell, name, ruled_out[0] if ruled_out else None))
+    decided = set()  # (cell index, name): that cell's use of what is ruled out costs a question its points
+    for name, owner in owners.items():
+        in_force = [(c, path) for c, n, path in definitions if n == name and c.index < tested_at[name]]
+        cell, path = in_force[-1] if in_force else (None, None)
+        if path and cell.gid != owner and graded_cell_of(owner):
+            verb = "redefines" if name in defined_by and defined_by[name].index < cell.index else "defines"
+            add(cell.where, graded_cell_of(owner), f"{verb} {name} of {owner} with {path} ({OFF_LIMITS_REASON})",
+                zeroes=True)
+            decided.add((cell.index, name))
+    for index, why in unreadable.items():  # it may define what its question rules out, or redefine it
+        kind, gid = cell_kind(nb.cells[index]), grade_id(nb.cells[index])
+        if kind not in ("answer", "free"):
+            continue
+        where = gid if kind == "answer" and gid else f"cell {index + 1}"
+        unchecked = {name: owner for name, owner in owners.items()
+                     if owner == gid or positions.get(owner, len(nb.cells)) < index < tested_at[name]}
+        for name, owner in unchecked.items():
+            add(where, graded_cell_of(owner), f"could not be read: {why}, so the audit cannot check what it "
+                                              f"defines as {name} ({OFF_LIMITS_REASON})", zeroes=True)
+        if not unchecked:
+            add(where, graded_cell_of(gid) if kind == "answer" else None, f"could not be read: {why}")
+
+    tests = hidden + [c.tree for c in cells if c.kind == "tests"]
+    machinery = MACHINERY_MODULES | {path.split(".")[0] for tree in tests for node in ast.walk(tree)
+                                     for _, path in _imports(node)}
     for cell in cells:
         if cell.kind not in ("answer", "free"):
             continue
         where, question = cell.where, graded_cell_of(cell.gid) if cell.kind == "answer" else None
-        for what in dict.fromkeys(_patches(cell.tree, roots)):
-            audit.findings.append(Finding(where, None, f"{where} {what} (test machinery): every question scores 0",
-                                          patches=True))
+        for what in _patches(cell.tree, names, cell.globals_, machinery):
+            add(where, None, f"{what} (test machinery)", patches=True)
         if cell.kind == "answer":
             reached = _delegations(cell.tree, names, cell.globals_)
             found = [(what, why) for what, _, why in reached.found] + _uses_of(cell, names, references, reached.covered)
+            for what, _, _ in reached.off_limits:
+                add(where, question, f"{what} ({OFF_LIMITS_REASON})", zeroes=True)
             review = reached.review
         else:
             reached = [in_added[id(s)] for s in cell.tree.body]
             found = [(what, why) for r in reached for what, _, why in r.found]
+            found += [(what, OFF_LIMITS_REASON) for r in reached for what, _, name in r.off_limits
+                      if (cell.index, name) not in decided]  # a scratch definition, replaced later
             review = [what for r in reached for what in r.review]
             for name, answer in defined_by.items():
                 target = graded_cell_of(answer.gid)
                 if binders.get(name) is cell and answer.index < cell.index and target:
-                    audit.findings.append(Finding(where, target, f"{where} redefines {name} of {answer.where}, "
-                                                                 f"{references[name]} ({REFERENCE_REASON}): "
-                                                                 f"{target} scores 0", patches=False))
-        verdict = f"{question} scores 0" if question else "flagged for review"
-        for what, why in dict.fromkeys(found):
-            audit.findings.append(Finding(where, question, f"{where} {what} ({why}): {verdict}", patches=False))
-        for what in dict.fromkeys(review):
-            audit.findings.append(Finding(where, None, f"{where} {what}: flagged for review", patches=False))
+                    add(where, target, f"redefines {name} of {answer.where}, {references[name]} ({REFERENCE_REASON})")
+        for what, why in found:
+            add(where, question, f"{what} ({why})")
+        for what in review:
+            add(where, None, what)
     return audit
+
+
+def _ruled_out_owners(cells) -> dict[str, str]:
+    """The answer cell (grade id) that defines each name of `OFF_LIMITS_IN` in ``cells``: LayerNorm2d -> q2_answer."""
+    owners = {}
+    for cell in cells:
+        tree = _parse(cell) if cell.cell_type == "code" and cell_kind(cell) == "answer" else None
+        for name in _bound_names(tree.body) & OFF_LIMITS_IN.keys() if tree is not None else ():
+            owners.setdefault(name, grade_id(cell))
+    return owners
 
 
 def _uses_of(cell: _Cell, names: _Namespace, references: dict[str, str], covered: set[int]) -> list[tuple[str, str]]:
     """An answer's reads of names that reach a reference from elsewhere (and that it did not bind first)."""
     found = []
     whole_cell = _bound_names(cell.tree.body)
-    for position, statement in enumerate(cell.tree.body):
-        before = _bound_names(cell.tree.body[:position])
+    before: set[str] = set()  # what the statements so far bind (grown as we go: linear in the cell's length)
+    for statement in cell.tree.body:
         for name, in_function in _global_loads(statement):
             own = whole_cell if in_function else before  # a function reads the namespace when it is called
             if name.id in references and name.id not in own and id(name) not in covered:
                 found.append((f"uses {name.id}, {references[name.id]}", REFERENCE_REASON))
+        before |= _bound_names([statement])
     for node in ast.walk(cell.tree):  # through the namespace itself: __main__.helper, locals()["helper"]
         if isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
             for path in names.resolve(node, cell.globals_):

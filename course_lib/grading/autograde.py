@@ -21,13 +21,14 @@ from pathlib import Path
 import nbformat
 
 from .coursedir import Assignment, NbgraderError, db_url, generate_assignment, run_converter
-from .preprocessors import (KERNEL_DIED_ERROR, KILLED_ERROR, NOT_RUN_ERROR, STOPPED_AT_TIME_LIMIT, TIMEOUT_ERROR,
-                            CellTimeouts)
+from .preprocessors import (KERNEL_DIED_ERROR, KILLED_ERROR, NOT_RUN_ERROR, RESOURCE_LIMIT_ERROR,
+                            STOPPED_AT_TIME_LIMIT, TIMEOUT_ERROR, CellTimeouts)
 from .record import GradeRecord, Status
 from .sandbox import (DEFAULT_CPU_SECONDS, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB,
                       DEFAULT_SANDBOX, SANDBOX_MODES, SandboxUnavailable, check_sandbox)
 from .audit import audit_cells
-from .verdicts import calls_for, insert_probe_cells, judge, new_seed, take_probe_outputs
+from .verdict_process import prestart_verdict_factory, run_verdict_process, used_a_hidden_reference
+from .verdicts import calls_for, judge, new_seed
 from .submission import (UnreadableSubmission, cell_kind, grade_id, match_stripped_cells, read_submission,
                          restore_cells)
 from .warm import prestart_kernel_factory
@@ -151,10 +152,13 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
         if matched:
             notes.append((Status.METADATA_MISSING, f"the grading metadata of {matched} cells was missing: "
                                                    "they were matched by content and graded"))
-        notes += [(Status.TAMPERED, problem) for problem in restore_cells(submitted, release, source).problems]
+        repair = restore_cells(submitted, release, source)
+        notes += [(Status.TAMPERED, problem) for problem in repair.problems]
+        notes += [(Status.GRADED, note) for note in repair.notes]  # pasted copies of graded cells: no cost
         audit = audit_cells(submitted, source)
         calls = calls_for(assignment, options.probe_seed or new_seed())
-        insert_probe_cells(submitted, calls)
+        if options.warm_kernels:  # the verdict process's factory imports while the notebook runs
+            prestart_verdict_factory(source, options.sandbox, options.limits)
 
         submitted_path = root / "submitted" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
         submitted_path.parent.mkdir(parents=True)
@@ -167,25 +171,49 @@ def _grade(record: GradeRecord, source, source_notebook: bytes, submitted_notebo
 
         graded_path = root / "autograded" / SCRATCH_STUDENT / assignment / f"{assignment}.ipynb"
         graded = nbformat.read(graded_path, as_version=4)
-        verdicts = judge(calls, take_probe_outputs(graded))
         record.graded_notebook = nbformat.writes(graded)
         record.log = "\n".join(log[-LOG_TAIL_LINES:])
         record.scores, manual = _scores_from_gradebook(root, assignment, record.max_scores)
 
-    for gid, problem in verdicts.items():
-        if problem and record.scores.get(gid, 0.0) > 0:
-            record.scores[gid] = 0.0
-            notes.append((Status.TAMPERED, f"{gid} passed in the notebook but not the grader's own check "
-                                           f"(scores 0): {problem}"))
-    zeroed = audit.zeroed_questions
+    # The points: only answers that passed in the notebook are worth checking where no reference exists.
+    passed = [call for call in calls if record.scores.get(call.question, 0.0) > 0]
+    if passed:
+        notes += _verdict_notes(record, submitted, source, passed, options)
+    # The audit decides only what the verdict process cannot: what a question's prose rules out.
+    zeroed = set(audit.zeroed_questions)
+    if options.sandbox != "required" and audit.reported_questions:  # nothing could be hidden from the verdict
+        zeroed |= audit.reported_questions
+        notes.append((Status.DELEGATED, f"{', '.join(sorted(audit.reported_questions))} reached a reference the "
+                                        "grader could not hide without bubblewrap: scores 0"))
     for gid in record.scores:
-        if zeroed is None or gid in zeroed:
+        if gid in zeroed:
             record.scores[gid] = 0.0
     notes += [(Status.TAMPERED if f.patches else Status.DELEGATED, f.message) for f in audit.findings]
 
     notes += _execution_problems(nbformat.reads(record.graded_notebook, as_version=4), options)
     if manual:
         notes.append((Status.GRADED, f"needs manual grading: {', '.join(manual)}"))
+    return notes
+
+
+def _verdict_notes(record: GradeRecord, submitted, source, calls, options: GradingOptions) -> list[tuple[str, str]]:
+    """Run the verdict process; zero the questions it does not confirm and say why."""
+    run = run_verdict_process(submitted, source, calls, mode=options.sandbox, limits=options.limits,
+                              warm=options.warm_kernels, cell_seconds=options.timeout, call_seconds=options.timeout)
+    verdicts = judge(calls, run.outputs)
+    notes = []
+    for gid, problem in verdicts.items():
+        reason = run.problems.get(gid)
+        if not (reason or problem) or record.scores.get(gid, 0.0) <= 0:
+            continue
+        record.scores[gid] = 0.0
+        status = Status.TIMEOUT if reason and "time limit" in reason else \
+            Status.KERNEL_DIED if reason and "ended before" in reason else \
+            Status.DELEGATED if used_a_hidden_reference(problem) else Status.TAMPERED
+        notes.append((status, f"{gid} passed in the notebook but not the grader's own check (scores 0): "
+                              f"{reason or problem}"))
+    if run.note:
+        notes.append((Status.GRADED, run.note))
     return notes
 
 
@@ -301,6 +329,8 @@ def _execution_problems(graded: nbformat.NotebookNode, options: GradingOptions) 
                 died += 1
                 notes.append((Status.KILLED, f"the kernel was stopped while running {where}: "
                               f"{output.evalue.split(': ', 1)[-1]}"))
+            elif output.ename == RESOURCE_LIMIT_ERROR:  # output cut at the time limit, or out of file descriptors
+                notes.append((Status.KILLED, f"{where}: {output.evalue}"))
             elif output.ename == "BlockingIOError" or "Resource temporarily unavailable" in str(output.evalue):
                 notes.append((Status.KILLED, f"{where} hit the limit of {options.max_processes} processes "
                                              "(a fork bomb?)"))

@@ -12,10 +12,11 @@ as root, the factory keeps only the rights to change uid and to kill; each kerne
 grading uid before it runs, so it can neither signal nor inspect the factory.
 
 Protocol, one JSON object per line. The grader writes ``{"start": ID, "argv": [...], "env": {...},
-"cwd": PATH, "output": FILE}``; the factory answers ``{"ready": SECONDS}`` once after preloading, then
-``{"started": ID}`` and ``{"exited": ID, "code": CODE}`` (128 + N when signal N ended it).
+"cwd": PATH, "output": FILE}``, with ``"module": NAME`` to run that module instead of a kernel; the
+factory answers ``{"ready": SECONDS}`` once after preloading, then ``{"started": ID}`` and
+``{"exited": ID, "code": CODE}`` (128 + N when signal N ended it).
 
-    python -m course_lib.grading.kernel_factory [--kernel-uid UID] [--sandboxed] [--home DIR]
+    python -m course_lib.grading.kernel_factory [--kernel-uid UID] [--sandboxed] [--home DIR] [--op-schemas FILE]
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import importlib
 import json
 import os
 import select
-import shutil
 import signal
 import sys
 import time
@@ -47,13 +47,19 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
 
 
-def preload() -> None:
+def preload(op_schemas: list[str] | None = None) -> None:
+    """Import `PRELOADED`. ``op_schemas``: torchvision's operators to declare first, for a sandbox
+    that hides torchvision's compiled operators (a verdict process's: see `verdict_harness`)."""
     # A kernel would set this before anything imports matplotlib (ipykernel's kernelapp does).
     if not os.environ.get("MPLBACKEND"):
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     # A forked child cannot use a CUDA context its parent created: should anything ask whether
     # CUDA is there while preloading, torch answers through NVML without creating one.
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    if op_schemas:
+        from course_lib.grading.verdict_harness import define_torchvision_ops
+
+        define_torchvision_ops(op_schemas)
     for name in PRELOADED:
         try:
             importlib.import_module(name)
@@ -65,7 +71,8 @@ def preload() -> None:
 
 
 def become_kernel(request: dict, kernel_uid: int | None) -> None:
-    """In the forked child: leave the factory behind and run ipykernel. Never returns."""
+    """In the forked child: leave the factory behind and run ipykernel (or, when the request names a
+    ``module``, run that module as ``python -m`` would). Never returns."""
     code = 1
     try:
         os.setsid()  # its own session: the kernel's processes can be killed as one group
@@ -96,9 +103,14 @@ def become_kernel(request: dict, kernel_uid: int | None) -> None:
         tempfile.tempdir = None  # read TMPDIR again
         random.seed()  # every fork starts from the factory's random state: draw a fresh one
         numpy.random.seed()
-        from ipykernel import kernelapp
+        if request.get("module"):
+            import runpy
 
-        kernelapp.launch_new_instance()
+            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        else:
+            from ipykernel import kernelapp
+
+            kernelapp.launch_new_instance()
         code = 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
@@ -126,21 +138,177 @@ def shared_temp_entries() -> dict[str, set[str]]:
     return entries
 
 
-def remove_entries(folder, keep=frozenset()) -> None:
-    """Remove what ``folder`` holds except the names in ``keep``; what cannot be removed stays."""
+#: How a folder is opened while it is emptied: never through a link, never left open in a child.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _retry_writable(operation, name: str, dir_fd: int) -> bool:
+    """``operation(name, dir_fd=dir_fd)``, once more after making the folder writable (a kernel may
+    leave it read-only). True when ``name`` is gone (also when it vanished meanwhile)."""
+    for attempt in range(2):
+        try:
+            operation(name, dir_fd=dir_fd)
+            return True
+        except FileNotFoundError:
+            return True
+        except PermissionError:
+            if attempt:
+                return False
+            try:
+                os.fchmod(dir_fd, 0o700)
+            except OSError:
+                return False
+        except OSError:
+            return False
+    return False
+
+
+def _open_folder(name: str, dir_fd: int) -> int | None:
+    """An fd of the folder ``name`` in ``dir_fd`` (made readable if need be); None if it is no folder now."""
     try:
-        names = os.listdir(folder)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        pass
+    except OSError:  # vanished, a file, or a link (O_NOFOLLOW): the caller unlinks what is there
+        return None
+    try:  # no read or search right on it: change its mode through a handle, never by name
+        handle = os.open(name, getattr(os, "O_PATH", os.O_RDONLY) | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        os.chmod(f"/proc/self/fd/{handle}", 0o700)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+
+
+def _clear_files(dir_fd: int, stays: set[str]) -> list[str]:
+    """Remove every entry of ``dir_fd`` that is no folder; the names of its folders (those not in ``stays``)."""
+    try:
+        with os.scandir(dir_fd) as entries:
+            listed = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    except OSError:
+        return []
+    folders = []
+    for name, is_folder in listed:
+        if name in stays:
+            continue
+        if is_folder:
+            folders.append(name)
+        elif not _retry_writable(os.unlink, name, dir_fd):
+            stays.add(name)
+    return folders
+
+
+def _empty_folder(top_fd: int) -> bool:
+    """Remove everything inside the folder open as ``top_fd`` (the folder stays); True when it is empty.
+
+    Iterative, with one folder open at a time: down by name, back up by ``..`` checked against the
+    identity noted on the way down (a folder moved meanwhile stops the walk). Neither the recursion
+    limit, nor the limit on open files, nor PATH_MAX bounds the depth. Links are removed, never
+    followed; file systems mounted inside are left alone.
+    """
+    device = os.fstat(top_fd).st_dev
+    fd = top_fd
+    stays: set[str] = set()
+    pending = _clear_files(fd, stays)
+    above: list[tuple[tuple[int, int], str, list[str], set[str]]] = []  # (identity, name of the child, ...)
+    try:
+        while True:
+            if pending:
+                name = pending.pop()
+                child = _open_folder(name, fd)
+                if child is None:
+                    if not (_retry_writable(os.unlink, name, fd) or _retry_writable(os.rmdir, name, fd)):
+                        stays.add(name)
+                    continue
+                if os.fstat(child).st_dev != device:  # a mount point: not ours to empty
+                    os.close(child)
+                    stays.add(name)
+                    continue
+                above.append((_identity(fd), name, pending, stays))
+                if fd != top_fd:
+                    os.close(fd)
+                fd, stays = child, set()
+                pending = _clear_files(fd, stays)
+                continue
+            if not above:
+                return not stays
+            identity, name, pending, parent_stays = above.pop()
+            parent = top_fd if not above else os.open("..", _DIR_FLAGS, dir_fd=fd)
+            if _identity(parent) != identity:  # moved while we walked: stop rather than go astray
+                if parent != top_fd:
+                    os.close(parent)
+                return False
+            os.close(fd)
+            fd, child_stays, stays = parent, stays, parent_stays
+            if child_stays or not _retry_writable(os.rmdir, name, fd):
+                stays.add(name)
+    except OSError:
+        return False
+    finally:
+        if fd != top_fd:
+            os.close(fd)
+
+
+def _remove_entry(name: str, dir_fd: int) -> bool:
+    """Remove ``name`` from the folder ``dir_fd``: a file, a link, or a folder and all it holds."""
+    try:
+        folder = _open_folder(name, dir_fd)
+        if folder is None:
+            return _retry_writable(os.unlink, name, dir_fd) or _retry_writable(os.rmdir, name, dir_fd)
+        try:
+            if os.fstat(folder).st_dev != os.fstat(dir_fd).st_dev:
+                return False  # a mount point
+            emptied = _empty_folder(folder)
+        finally:
+            os.close(folder)
+        return emptied and _retry_writable(os.rmdir, name, dir_fd)
+    except OSError:
+        return False
+
+
+def remove_tree(path) -> bool:
+    """Remove ``path``: a file, a link (never what it points to) or a folder with everything in it.
+
+    Whatever a kernel left (folders nested beyond PATH_MAX, read-only folders, links out of its
+    folder, files that vanish meanwhile) never makes this raise; what cannot be removed stays.
+    True when ``path`` is gone.
+    """
+    parent, name = os.path.split(os.path.abspath(os.fspath(path)))
+    try:
+        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return not os.path.lexists(path)
+    try:
+        return _remove_entry(name, parent_fd)
+    finally:
+        os.close(parent_fd)
+
+
+def remove_entries(folder, keep=frozenset()) -> None:
+    """Remove what ``folder`` holds except the names in ``keep`` (see `remove_tree`); what cannot be removed stays."""
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return
-    for name in set(names) - set(keep):
-        path = os.path.join(folder, name)
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
-        except OSError:
-            pass
+    try:
+        names = os.listdir(folder_fd)
+    except OSError:
+        names = []
+    try:
+        for name in set(names) - set(keep):
+            _remove_entry(name, folder_fd)
+    finally:
+        os.close(folder_fd)
 
 
 def sweep(sandboxed: bool, keep: dict[str, set[str]], home: str | None) -> None:
@@ -166,9 +334,9 @@ def say(message: dict) -> None:
     os.write(1, (json.dumps(message) + "\n").encode())
 
 
-def serve(kernel_uid: int | None, sandboxed: bool, home: str | None) -> None:
+def serve(kernel_uid: int | None, sandboxed: bool, home: str | None, op_schemas: list[str] | None = None) -> None:
     started = time.monotonic()
-    preload()
+    preload(op_schemas)
     if home:  # the font cache and the like are loaded: kernels need not see them
         remove_entries(home)
     _prctl(PR_SET_DUMPABLE, 0)  # a kernel of the same uid cannot read or trace the factory's memory
@@ -215,8 +383,14 @@ def main() -> None:
     parser.add_argument("--sandboxed", action="store_true",
                         help="running in the kernels' own sandbox: its processes and temporary folders may be cleaned")
     parser.add_argument("--home", default=None, help="the factory's own folder, emptied once it has preloaded")
+    parser.add_argument("--op-schemas", default=None,
+                        help="a JSON list of torchvision operator schemas to declare before importing torchvision")
     args = parser.parse_args()
-    serve(args.kernel_uid, args.sandboxed, args.home)
+    op_schemas = None
+    if args.op_schemas:
+        with open(args.op_schemas, encoding="utf-8") as handle:
+            op_schemas = json.load(handle)
+    serve(args.kernel_uid, args.sandboxed, args.home, op_schemas)
 
 
 if __name__ == "__main__":

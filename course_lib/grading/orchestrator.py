@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -26,13 +25,19 @@ from .autograde import GradingOptions, grade_submission, questions, sha256
 from .coursedir import LOGS_DIR, Assignment, CourseError, write_course_config
 from .export import load_record, record_path
 from .gradebook import has_assignment, store_record
+from .preprocessors import TOO_MANY_FILES, describe_open_files_limit
 from .record import GradeRecord, Status
+from .submission import MAX_NOTEBOOK_BYTES, UnreadableSubmission, read_regular_file, read_submission_file
 
 #: How many times a submission is sent to a fresh pool after its worker process died.
 POOL_RETRIES = 1
 SKIPPED_FOLDERS = (".ipynb_checkpoints", "__pycache__")
 #: Bytes of the grading process's and its kernels' output kept in a record's log (the end of it).
 PROCESS_OUTPUT_CHARS = 64 * 1024
+#: A submission's ``timestamp.txt`` is one line: more is not a timestamp.
+MAX_TIMESTAMP_BYTES = 256
+#: How deep the copy of a submission folder into the course folder goes (the notebook is at the top).
+MAX_COPY_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -42,16 +47,22 @@ class SubmissionTask:
     student: str
     assignment: str
     folder: Path
+    refusal: str = ""  # why the folder itself is not graded (a link): the record says so, nothing is read
 
     @property
     def notebook_path(self) -> Path:
         return self.folder / f"{self.assignment}.ipynb"
 
     def timestamp(self) -> str | None:
-        path = self.folder / "timestamp.txt"
-        if not path.exists():
+        """The first line of ``timestamp.txt`` when it is a small regular file (never a link followed)."""
+        if self.refusal:
             return None
-        return path.read_text(encoding="utf-8").strip() or None
+        try:
+            data = read_regular_file(self.folder / "timestamp.txt", MAX_TIMESTAMP_BYTES, "timestamp.txt")
+        except (OSError, UnreadableSubmission):
+            return None
+        text = data.decode("utf-8", "replace").strip()
+        return text.splitlines()[0].strip() if text else None
 
 
 @dataclass
@@ -72,20 +83,44 @@ def submitted_root(submissions_dir: Path) -> Path:
     return inner if inner.is_dir() else submissions_dir
 
 
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in SKIPPED_FOLDERS)
+def _visible_dirs(folder: Path) -> list[tuple[Path, bool]]:
+    """The visible folders in ``folder``, and whether each is a symbolic link to one (never followed)."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name in SKIPPED_FOLDERS:
+            continue
+        if path.is_symlink():
+            if path.is_dir():  # only looks at what it points to (no listing, no reading)
+                found.append((path, True))
+        elif path.is_dir():
+            found.append((path, False))
+    return found
 
 
-def discover(submissions_dir: Path, assignments: list[str] | None = None) -> list[SubmissionTask]:
-    """Every ``<student>/<assignment>/`` folder under the submissions folder, sorted."""
+def discover(submissions_dir: Path, assignments: list[str] | None = None,
+             expected: list[str] | None = None) -> list[SubmissionTask]:
+    """Every ``<student>/<assignment>/`` folder under the submissions folder, sorted.
+
+    A folder that is a symbolic link (to the solutions, another student's work...) is never
+    followed: it becomes a task with a ``refusal``. For a linked student folder, whose assignments
+    are not listed, that is one task per name in ``assignments`` (or else ``expected``).
+    """
     root = submitted_root(submissions_dir)
     if not root.is_dir():
         raise CourseError(f"no submissions folder at {root}")
     tasks = []
-    for student_dir in _visible_dirs(root):
-        for assignment_dir in _visible_dirs(student_dir):
+    for student_dir, linked in _visible_dirs(root):
+        if linked:
+            names = assignments if assignments is not None else expected or []
+            if not names:
+                print(f"course: NOT GRADED {student_dir}: a symbolic link, not a folder", file=sys.stderr)
+            why = f"the student folder {student_dir.name} is a symbolic link, not a folder (not followed)"
+            tasks += [SubmissionTask(student_dir.name, name, student_dir / name, why) for name in names]
+            continue
+        for assignment_dir, linked in _visible_dirs(student_dir):
             if assignments is None or assignment_dir.name in assignments:
-                tasks.append(SubmissionTask(student_dir.name, assignment_dir.name, assignment_dir))
+                why = "the submission folder is a symbolic link, not a folder (not followed)" if linked else ""
+                tasks.append(SubmissionTask(student_dir.name, assignment_dir.name, assignment_dir, why))
     return tasks
 
 
@@ -102,13 +137,20 @@ def ensure_course(course_dir: Path, assignments: list[Assignment], timeout: int)
 
 
 def _record_without_kernel(task: SubmissionTask, source: Assignment, status: str, message: str) -> GradeRecord:
+    return record_without_kernel(task.assignment, source.source_bytes(), task.student, task.timestamp(), status,
+                                 message)
+
+
+def record_without_kernel(assignment: str, source_notebook: bytes, student: str, timestamp: str | None, status: str,
+                          message: str) -> GradeRecord:
+    """A record of a submission nothing ran for: every question 0, ``status`` and ``message`` say why."""
     import nbformat
 
-    max_scores = questions(nbformat.read(source.source_path, as_version=4))
+    max_scores = questions(nbformat.reads(source_notebook.decode("utf-8"), as_version=4))
     return GradeRecord(
-        student=task.student, assignment=task.assignment, notebook=task.assignment, status=status,
+        student=student, assignment=assignment, notebook=assignment, status=status,
         message=message, scores={gid: 0.0 for gid in max_scores}, max_scores=max_scores,
-        source_sha256=source.source_sha256(), timestamp=task.timestamp(),
+        source_sha256=sha256(source_notebook), timestamp=timestamp,
     )
 
 
@@ -148,9 +190,20 @@ def _captured_process_output() -> Iterator[Callable[[], str]]:
 
 def grade_in_worker(assignment: str, source_path: str, notebook_path: str, student: str,
                     timestamp: str | None, options: GradingOptions) -> GradeRecord:
-    """What a pool worker runs: read the files and grade them (`grade_bytes_in_worker`)."""
-    return grade_bytes_in_worker(assignment, Path(source_path).read_bytes(), Path(notebook_path).read_bytes(),
-                                 student, timestamp, options)
+    """What a pool worker runs: read the files and grade them (`grade_bytes_in_worker`).
+
+    The notebook is read again here as it was when planned (a regular file within the size
+    limit): what changed in between is refused or missing, never followed.
+    """
+    source_notebook = Path(source_path).read_bytes()
+    try:
+        submitted = read_submission_file(notebook_path)
+    except FileNotFoundError:
+        return record_without_kernel(assignment, source_notebook, student, timestamp, Status.MISSING,
+                                     f"no {Path(notebook_path).name} in the submission (it went away)")
+    except UnreadableSubmission as error:
+        return record_without_kernel(assignment, source_notebook, student, timestamp, Status.FAILED, str(error))
+    return grade_bytes_in_worker(assignment, source_notebook, submitted, student, timestamp, options)
 
 
 def grade_bytes_in_worker(assignment: str, source_notebook: bytes, submitted_notebook: bytes, student: str,
@@ -162,7 +215,14 @@ def grade_bytes_in_worker(assignment: str, source_notebook: bytes, submitted_not
         process_output = output()
     if process_output.strip():
         record.log = f"{record.log}\n--- process output ---\n{process_output}".strip()
+    if record.status in (Status.KERNEL_DIED, Status.KILLED) and TOO_MANY_FILES in process_output:
+        record.message += f"; the kernel's own output says: {open_files_reason(options)}"
     return record
+
+
+def open_files_reason(options: GradingOptions) -> str:
+    """``too many open files (limit 1024)``: why a kernel that ran out of file descriptors failed."""
+    return describe_open_files_limit(None if options.sandbox == "off" else options.limits.max_open_files)
 
 
 def store(course_dir: Path, task: SubmissionTask, record: GradeRecord) -> None:
@@ -173,8 +233,8 @@ def store(course_dir: Path, task: SubmissionTask, record: GradeRecord) -> None:
     if record.graded_notebook is not None:
         graded_dir.mkdir(parents=True, exist_ok=True)
         graded_path.write_text(record.graded_notebook, encoding="utf-8")
-        if (task.folder / "timestamp.txt").exists():
-            shutil.copyfile(task.folder / "timestamp.txt", graded_dir / "timestamp.txt")
+        if record.timestamp:  # what was read safely when planned, not the student's file again
+            (graded_dir / "timestamp.txt").write_text(record.timestamp + "\n", encoding="utf-8")
     elif graded_path.exists():
         graded_path.unlink()  # a stale graded copy of an earlier submission must not survive
     log_path = course_dir / LOGS_DIR / task.assignment / f"{task.student}.log"
@@ -186,20 +246,44 @@ def store(course_dir: Path, task: SubmissionTask, record: GradeRecord) -> None:
     path.write_text(record.to_json(), encoding="utf-8")  # last: a record on disk means fully stored
 
 
-def _already_graded(course_dir: Path, task: SubmissionTask, source: Assignment) -> bool:
+def _already_graded(course_dir: Path, task: SubmissionTask, source: Assignment, notebook: bytes | None) -> bool:
+    """Whether the stored record is of this very ``notebook`` (None: missing) and this source."""
     record = load_record(course_dir, task.assignment, task.student)
     if record is None or record.status == Status.ERROR or record.source_sha256 != source.source_sha256():
         return False
-    if not task.notebook_path.exists():
+    if notebook is None:
         return record.status == Status.MISSING
-    return record.submission_sha256 == sha256(task.notebook_path.read_bytes())
+    return record.submission_sha256 == sha256(notebook)
 
 
 def _copy_into_course(course_dir: Path, task: SubmissionTask) -> SubmissionTask:
-    """Keep nbgrader's own copy of the submission in ``course_dir/submitted`` (for manual reruns)."""
+    """Keep nbgrader's own copy of the submission in ``course_dir/submitted`` (for manual reruns).
+
+    Only regular files are copied, each read without following links and up to the notebook size
+    limit, at most `MAX_COPY_DEPTH` folders deep: links (to the solutions...), pipes and devices
+    stay behind.
+    """
     target = Path(course_dir) / "submitted" / task.student / task.assignment
-    if target.resolve() != task.folder.resolve():
-        shutil.copytree(task.folder, target, dirs_exist_ok=True)
+    if task.refusal or target.resolve() == task.folder.resolve():
+        return task
+    folders = [(task.folder, target, 0)]
+    while folders:
+        here, there, depth = folders.pop()
+        try:
+            entries = sorted(os.scandir(here), key=lambda entry: entry.name)
+        except OSError:
+            continue
+        there.mkdir(parents=True, exist_ok=True)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if depth + 1 < MAX_COPY_DEPTH:
+                    folders.append((Path(entry.path), there / entry.name, depth + 1))
+                continue
+            try:
+                data = read_regular_file(entry.path, MAX_NOTEBOOK_BYTES)
+                (there / entry.name).write_bytes(data)
+            except (OSError, UnreadableSubmission):
+                continue  # not a regular file, too large, or gone: not nbgrader's business
     return task
 
 
@@ -244,7 +328,7 @@ def grade_folder(
 def _plan(submissions_dir: Path, sources: dict[str, Assignment], course_dir: Path, options: GradingOptions,
           regrade: bool, only: list[str] | None, run: GradingRun) -> list[SubmissionTask]:
     """Prepare the course folder; record what needs no kernel (skipped, missing); return the rest."""
-    tasks = discover(submissions_dir, only)
+    tasks = discover(submissions_dir, only, expected=sorted(sources))
     for task in tasks:
         if task.assignment not in sources:
             print(f"course: NOT GRADED {task.folder}: no assignment named {task.assignment!r} "
@@ -253,16 +337,26 @@ def _plan(submissions_dir: Path, sources: dict[str, Assignment], course_dir: Pat
     ensure_course(course_dir, sorted({sources[t.assignment] for t in tasks}, key=lambda a: a.name), options.setup_timeout)
     pending = []
     for task in tasks:
-        _copy_into_course(course_dir, task)
         source = sources[task.assignment]
-        if not regrade and _already_graded(course_dir, task, source):
+        try:
+            notebook = None if task.refusal else read_submission_file(task.notebook_path)
+        except FileNotFoundError:
+            notebook = None
+        except UnreadableSubmission as error:  # a link, a folder, a pipe, a device, too large: refused unread
+            task = SubmissionTask(task.student, task.assignment, task.folder, str(error))
+        _copy_into_course(course_dir, task)  # nothing of a refused one
+        if task.refusal:
+            record = _record_without_kernel(task, source, Status.FAILED, task.refusal)
+        elif not regrade and _already_graded(course_dir, task, source, notebook):
             run.skipped.append(task)
-        elif not task.notebook_path.exists():
+            continue
+        elif notebook is None:
             record = _missing_notebook_record(task, source)
-            store(course_dir, task, record)
-            run.graded.append(record)
         else:
             pending.append(task)
+            continue
+        store(course_dir, task, record)
+        run.graded.append(record)
     return pending
 
 

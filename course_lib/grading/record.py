@@ -15,7 +15,8 @@ class Status:
 
     GRADED = "graded"  # ran to the end; points are the tests' verdicts
     TAMPERED = "tampered"  # graded after restoring deleted or edited read-only/test cells
-    DELEGATED = "delegated"  # an answer calls the reference it should re-implement: that question scores 0
+    DELEGATED = "delegated"  # an answer reaches the reference it should re-implement (reported; in the verdict
+    # process it meets a stub, so the question scores 0) or uses what its question rules out (scores 0)
     METADATA_MISSING = "metadata_missing"  # nbgrader metadata stripped: cells matched by content, then graded
     TIMEOUT = "timeout"  # a cell ran past its time limit; the cells after it still ran
     KILLED = "killed"  # a resource limit (memory, CPU time, file size) stopped the student's code

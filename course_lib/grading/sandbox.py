@@ -41,6 +41,8 @@ from pathlib import Path
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import Bool, Integer, Unicode
 
+from .kernel_factory import remove_tree
+
 #: How strictly student kernels are isolated.
 SANDBOX_MODES = ("required", "rlimits", "off")
 DEFAULT_SANDBOX = "required"
@@ -178,7 +180,7 @@ def remove_stale_scratch() -> None:
         pid = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
         if not pid.isdigit() or not Path("/proc/self").exists() or Path(f"/proc/{pid}").exists():
             continue
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_tree(folder)  # what a kernel left there (deep folders, read-only ones) must not stop the run
 
 
 def _python_dirs() -> list[str]:
@@ -243,8 +245,19 @@ def read_only_dirs() -> list[str]:
     return read_only + [os.environ[v] for v in READ_ONLY_ENV_DIRS if os.environ.get(v) and Path(os.environ[v]).is_dir()]
 
 
-def _bwrap_args(env: dict[str, str], writable: list[Path], chdir: Path, read_only: list[Path] = ()) -> list[str]:
-    """bubblewrap's arguments: the system and ``read_only`` folders read-only, ``writable`` read-write.
+@dataclass(frozen=True)
+class Overlay:
+    """What a sandbox sees instead of some of the files it would see: ``binds`` are (path outside,
+    path inside) pairs bound read-only over what is there, ``masks`` paths that read as empty."""
+
+    binds: tuple[tuple[str, str], ...] = ()
+    masks: tuple[str, ...] = ()
+
+
+def _bwrap_args(env: dict[str, str], writable: list[Path], chdir: Path, read_only: list[Path] = (),
+                overlay: Overlay | None = None) -> list[str]:
+    """bubblewrap's arguments: the system and ``read_only`` folders read-only, ``writable`` read-write,
+    then the ``overlay``'s files over what they replace.
 
     Everything else the sandbox's own root holds (the folders bwrap creates as mount points) is
     read-only too: a kernel can leave nothing there for the next one.
@@ -264,6 +277,11 @@ def _bwrap_args(env: dict[str, str], writable: list[Path], chdir: Path, read_onl
         args += ["--ro-bind", folder, folder]
     for folder in writable:
         args += ["--bind", str(folder), str(folder)]
+    if overlay is not None:
+        for outside, inside in overlay.binds:
+            args += ["--ro-bind", str(outside), str(inside)]
+        for path in overlay.masks:
+            args += ["--ro-bind", os.devnull, str(path)]
     gpu_devices = sorted({str(p) for pattern in GPU_DEVICE_GLOBS for p in Path("/").glob(pattern.lstrip("/"))})
     for device in gpu_devices:
         args += ["--dev-bind", device, device]
@@ -290,13 +308,15 @@ def _keeping_only(*capabilities: str) -> list[str]:
     return ["--cap-drop", "ALL", *[arg for cap in capabilities for arg in ("--cap-add", cap)]]
 
 
-def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: Limits) -> list[str]:
-    """``kernel_cmd`` wrapped in the limits (and, unless ``mode="rlimits"``, the bubblewrap sandbox)."""
+def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: Limits,
+                      overlay: Overlay | None = None) -> list[str]:
+    """``kernel_cmd`` wrapped in the limits (and, unless ``mode="rlimits"``, the bubblewrap sandbox,
+    with ``overlay`` over the files it replaces)."""
     env = kernel_environment(scratch)
     command = _limited(limits)
     if mode != "required":
         return command + _with_only(env) + kernel_cmd
-    command += _bwrap_args(env, writable=[scratch], chdir=scratch / "work")
+    command += _bwrap_args(env, writable=[scratch], chdir=scratch / "work", overlay=overlay)
     if not running_as_root():
         return command + _keeping_only() + ["--", *kernel_cmd]
     # bwrap keeps only the right to change uid; setpriv uses it once and drops everything.
@@ -306,21 +326,24 @@ def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: L
         "--inh-caps=-all", "--no-new-privs", "--", *kernel_cmd]
 
 
-def factory_command(scratch: Path, mode: str, limits: Limits, kernel_uid: int | None) -> list[str]:
+def factory_command(scratch: Path, mode: str, limits: Limits, kernel_uid: int | None,
+                    overlay: Overlay | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
     """The command of a `kernel_factory` sandbox in ``scratch`` (see `warm.KernelFactory` for its folders).
 
     The sandbox is the kernels' (same namespaces, system view and limits): ``scratch`` is read-only
     in it, except the kernels' folder ``slot`` and the factory's own ``factory-home``. As root, the
     factory keeps the rights to change uid (each kernel drops to ``kernel_uid``) and to kill what a
-    kernel left behind.
+    kernel left behind. ``overlay`` replaces files in its view (a verdict process's factory);
+    ``extra_args`` go to the factory.
     """
     home = scratch / FACTORY_HOME
     env = kernel_environment(home)
-    factory = [sys.executable, "-m", "course_lib.grading.kernel_factory", "--home", str(home)]
+    factory = [sys.executable, "-m", "course_lib.grading.kernel_factory", "--home", str(home), *extra_args]
     command = _limited(limits)
     if mode != "required":
         return command + _with_only(env) + factory
-    command += _bwrap_args(env, writable=[scratch / KERNEL_SLOT, home], chdir=home / "work", read_only=[scratch])
+    command += _bwrap_args(env, writable=[scratch / KERNEL_SLOT, home], chdir=home / "work", read_only=[scratch],
+                           overlay=overlay)
     if kernel_uid is None:
         return command + _keeping_only() + ["--", *factory, "--sandboxed"]
     return command + _keeping_only("CAP_SETUID", "CAP_SETGID", "CAP_KILL") + [
@@ -451,7 +474,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         if self._factory is not None and not restart:
             self._factory.clear_kernel_dir()
         elif self._scratch is not None and not restart:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            remove_tree(self._scratch)
         if not restart:
             self._scratch = None
 

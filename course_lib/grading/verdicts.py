@@ -1,15 +1,15 @@
-"""Verdicts the student's kernel cannot fake: the grader compares outputs with the reference itself.
+"""Verdicts the student's code cannot fake: the grader compares outputs with the reference itself.
 
 A student can change anything inside their own kernel (``torch.allclose``, the course's checkers,
-the traceback display), so a test that passes there proves little. For the questions listed in
-`PROBES`, the grader also:
+the traceback display) and can call the reference there, so a test that passes in the notebook
+proves little. For every graded question (`PROBES`), the grader also:
 
 1. draws fresh inputs from a seed chosen for this grading (not written anywhere a student sees);
-2. puts a cell right after each such question's test cell that calls the student's functions on
-   them and prints the results as plain tagged JSON (ints, floats, strings, tuples, dicts, tensors with their dtype,
-   shape, device and values; never pickle);
-3. after the run, reads that output and compares it in its own process with the reference it
-   computed: types, shapes, dtypes, devices and values are checked from the data.
+2. has the verdict process (`verdict_process`: a sandbox where the references do not exist) call
+   the student's functions and modules on them and write the results as plain tagged JSON (ints,
+   floats, strings, tuples, dicts, tensors with their dtype, shape, device and values; never pickle);
+3. reads them and compares them in its own process with the reference it computed: types, shapes,
+   dtypes, devices and values are checked from the data.
 
 Two kinds of question are probed:
 
@@ -21,7 +21,7 @@ Two kinds of question are probed:
   the expected outputs with the reference module on the same weights.
 
 A question keeps its points only if the notebook's tests passed *and* the grader's own comparison
-agrees. Faking the printed data means computing the right answers, which is the exercise.
+agrees. Faking the results means computing the right answers, which is the exercise.
 """
 from __future__ import annotations
 
@@ -32,15 +32,11 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import nbformat
+from .verdict_harness import MAX_ERROR_CHARS, encode  # the verdict process encodes its results the same way
 
-#: Marks the grader's line in the probe cell's output; the cell's id marks the cell itself.
-RESULT_MARKER = "COURSE-GRADER-RESULTS:"
-PROBE_CELL_ID = "course-grader-probe"
 ATOL, RTOL = 1e-5, 1e-4
 #: A module's float32 forward against the reference's float64 one (the hidden tests' tolerances).
 MODULE_ATOL, MODULE_RTOL = 1e-4, 1e-4
-MAX_ERROR_CHARS = 200
 #: Random weights and inputs are multiples of these steps: exact in float32, and short in JSON.
 WEIGHT_STEP, INPUT_STEP = 1 / 256, 1 / 64
 #: Names listed in a one-line message about missing or unexpected parameters.
@@ -124,32 +120,6 @@ def new_seed() -> int:
 
 # --- plain tagged data, the only thing that crosses from the kernel to the grader ------------------
 
-def encode(value) -> dict:
-    """A value as tagged JSON-able data (the kernel runs the same code, see `_KERNEL_CODE`)."""
-    import torch
-
-    kind = type(value)
-    if kind is bool:
-        return {"bool": value}
-    if kind is int:
-        return {"int": value}
-    if isinstance(value, float):  # numpy's float64 is a float too
-        return {"float": repr(float(value))}
-    if kind is str:
-        return {"str": value}
-    if kind in (tuple, list):
-        return {kind.__name__: [encode(v) for v in value]}
-    if kind is dict:
-        return {"dict": [[encode(k), encode(v)] for k, v in value.items()]}
-    if kind in (torch.Tensor, torch.nn.Parameter):
-        return {"tensor": {"dtype": str(value.dtype).replace("torch.", ""), "shape": list(value.shape),
-                           "device": value.device.type,
-                           "values": value.detach().cpu().double().flatten().tolist()}}
-    if kind is torch.Generator:
-        return {"generator": value.initial_seed()}
-    return {"other": kind.__name__}
-
-
 def decode(data):
     """Tagged data back to a value, in the grader's process (tensors on the CPU); ValueError if unreadable."""
     import torch
@@ -172,85 +142,8 @@ def decode(data):
     raise ValueError(f"unreadable {data!r:.60}")
 
 
-_KERNEL_CODE = '''
-def _course_grader_probe(calls_json):
-    import contextlib, io, json, torch
-    from course_lib import get_device
-    device = get_device()
-    def encode(value):
-        kind = type(value)
-        if kind is bool: return {"bool": value}
-        if kind is int: return {"int": value}
-        if isinstance(value, float): return {"float": repr(float(value))}
-        if kind is str: return {"str": value}
-        if kind in (tuple, list): return {kind.__name__: [encode(v) for v in value]}
-        if kind is dict: return {"dict": [[encode(k), encode(v)] for k, v in value.items()]}
-        if kind in (torch.Tensor, torch.nn.Parameter):
-            return {"tensor": {"dtype": str(value.dtype).replace("torch.", ""), "shape": list(value.shape),
-                               "device": value.device.type,
-                               "values": value.detach().cpu().double().flatten().tolist()}}
-        return {"other": kind.__name__}
-    def decode(data):
-        (kind, value), = data.items()
-        if kind in ("bool", "int", "str"): return value
-        if kind == "float": return float(value)
-        if kind in ("tuple", "list"): return (tuple if kind == "tuple" else list)(decode(v) for v in value)
-        if kind == "dict": return {decode(k): decode(v) for k, v in value}
-        if kind == "generator": return torch.Generator(device=device).manual_seed(value)
-        if kind == "tensor":
-            dtype = getattr(torch, value["dtype"])
-            return torch.tensor(value["values"], dtype=torch.float64).to(dtype).reshape(value["shape"]).to(device)
-        raise ValueError(kind)
-    def run(call):
-        target = globals().get(call["name"])
-        if target is None:
-            return {"error": "NameError: " + call["name"] + " is not defined"}
-        args = [decode(a) for a in call["args"]]
-        if "modes" not in call:  # a function
-            return {"ok": encode(target(*args))}
-        module = target(*args)  # a module: the student's class with the grader's weights
-        if call["state"] is not None:
-            try:
-                module.load_state_dict(decode(call["state"]))
-            except Exception:  # the grader names the difference from the layout
-                return {"layout": [[name, list(v.shape)] for name, v in module.state_dict().items()]}
-        module.to(device)
-        if call["read"] is not None:
-            return {"ok": encode(module.state_dict()[call["read"]])}
-        inputs = [decode(x) for x in call["inputs"]]
-        outputs = []
-        for mode in call["modes"]:
-            module.train(mode == "train")
-            with torch.no_grad():
-                outputs.append(module(*inputs))
-        return {"ok": encode(outputs)}
-    # Full float32 precision on GPUs too (no TF32), as in the grader's reference, and one CPU thread
-    # (the tensors are tiny); both restored afterwards.
-    backends = torch.backends
-    flags = ([(backends.cudnn.conv, "fp32_precision", "ieee"), (backends.cuda.matmul, "fp32_precision", "ieee")]
-             if hasattr(backends.cudnn, "conv") else  # torch < 2.9
-             [(backends.cudnn, "allow_tf32", False), (backends.cuda.matmul, "allow_tf32", False)])
-    saved, threads = [getattr(owner, name) for owner, name, _ in flags], torch.get_num_threads()
-    results = []
-    try:
-        for owner, name, value in flags: setattr(owner, name, value)
-        torch.set_num_threads(1)
-        for call in json.loads(calls_json):
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):  # what the student's code prints is not kept
-                    results.append(run(call))
-            except Exception as error:  # an interrupt (time limit) must stop the cell, not be recorded
-                results.append({"error": (type(error).__name__ + ": " + str(error))[:%d]})
-    finally:
-        for (owner, name, _), value in zip(flags, saved): setattr(owner, name, value)
-        torch.set_num_threads(threads)
-    print("%s" + json.dumps({"device": device.type, "results": results}))
-_course_grader_probe(%s)
-del _course_grader_probe
-''' % (MAX_ERROR_CHARS, RESULT_MARKER, "{calls}")
-
-
-def _payload(call: Call | ModuleCall) -> dict:
+def payload(call: Call | ModuleCall) -> dict:
+    """One call as the verdict process reads it (`verdict_harness.run_call`)."""
     entry = {"name": call.name, "args": [encode(a) for a in call.args]}
     if isinstance(call, ModuleCall):
         entry.update(state=None if call.state is None else encode(dict(call.state)), read=call.read,
@@ -258,62 +151,37 @@ def _payload(call: Call | ModuleCall) -> dict:
     return entry
 
 
-def probe_cell(calls: list[Call | ModuleCall]) -> nbformat.NotebookNode:
-    """A cell that runs ``calls`` (all of one question) in the kernel and prints their results."""
-    payload = json.dumps([_payload(call) for call in calls], separators=(",", ":"))
-    source = ("# The grader's own check: your code on new inputs (compared with the reference outside).\n"
-              + _KERNEL_CODE.replace("{calls}", repr(payload)))
-    cell = nbformat.v4.new_code_cell(source)
-    cell.id = f"{PROBE_CELL_ID}-{calls[0].question}"[:64]
-    return cell
-
-
-def _by_question(calls: list[Call | ModuleCall]) -> dict[str, list[Call | ModuleCall]]:
+def by_question(calls: list[Call | ModuleCall]) -> dict[str, list[Call | ModuleCall]]:
     grouped: dict[str, list] = {}
     for call in calls:
         grouped.setdefault(call.question, []).append(call)
     return grouped
 
 
-def insert_probe_cells(nb: nbformat.NotebookNode, calls: list[Call | ModuleCall]) -> None:
-    """Put each question's probe right after its test cell, before any later code of the student runs."""
-    from .submission import grade_id
+def results_in_process(calls: list[Call | ModuleCall], namespace: dict, device: str = "cpu") -> dict[str, dict]:
+    """What the verdict process would report for ``namespace``'s answers, computed in this process.
 
-    for question, group in _by_question(calls).items():
-        index = next((i for i in reversed(range(len(nb.cells))) if grade_id(nb.cells[i]) == question), None)
-        nb.cells.insert(len(nb.cells) if index is None else index + 1, probe_cell(group))
-
-
-def take_probe_outputs(nb: nbformat.NotebookNode) -> dict[str, dict | None]:
-    """Remove the probe cells from the executed notebook; return what each printed, by question.
-
-    A value is ``{"device": "cpu", "results": [...]}`` (the device the inputs were put on, one result
-    per call), or None when the cell printed nothing readable (it did not run, or its output was forged).
+    For writing and testing probes (the grader itself never runs student code in its own process):
+    the same `verdict_harness.run_call`, on ``device``, one result per call, by question.
     """
-    outputs: dict[str, dict | None] = {}
-    kept = []
-    for cell in nb.cells:
-        cell_id = str(cell.get("id", ""))
-        if not cell_id.startswith(PROBE_CELL_ID + "-"):
-            kept.append(cell)
-            continue
-        outputs[cell_id[len(PROBE_CELL_ID) + 1:]] = _read_results(cell)
-    nb.cells = kept
+    import contextlib
+    import io
+
+    import torch
+
+    from .verdict_harness import run_call, short_error
+
+    outputs = {}
+    for question, group in by_question(calls).items():
+        results = []
+        for call in group:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    results.append(run_call(json.loads(json.dumps(payload(call))), namespace, torch.device(device)))
+            except Exception as error:
+                results.append({"error": short_error(error)})
+        outputs[question] = {"device": torch.device(device).type, "results": results}
     return outputs
-
-
-def _read_results(cell) -> dict | None:
-    text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
-    line = next((ln for ln in reversed(text.splitlines()) if ln.startswith(RESULT_MARKER)), None)
-    if line is None:
-        return None
-    try:
-        results = json.loads(line[len(RESULT_MARKER):])
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(results, dict) or not isinstance(results.get("results"), list):
-        return None
-    return results
 
 
 # --- comparing, in the grader's process --------------------------------------------------------------
@@ -414,11 +282,11 @@ def _tensor_difference(got: dict, want: dict, input_device: str, atol: float = A
 def judge(calls: list[Call | ModuleCall], outputs: dict[str, dict | None]) -> dict[str, str | None]:
     """Per question: None when every call matched the reference, else the first problem (one line)."""
     verdicts: dict[str, str | None] = {}
-    for question, group in _by_question(calls).items():
+    for question, group in by_question(calls).items():
         output = outputs.get(question)
         results = output.get("results") if output else None
         if results is None or len(results) != len(group):
-            verdicts[question] = "the grader's check printed no readable results"
+            verdicts[question] = "the verdict process gave no results for this answer"
             continue
         verdicts[question] = _first_problem(group, results, str(output.get("device", "cpu")))
     return verdicts

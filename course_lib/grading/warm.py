@@ -15,7 +15,6 @@ import atexit
 import itertools
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -23,12 +22,15 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .kernel_factory import remove_entries
-from .sandbox import (FACTORY_HOME, KERNEL_SLOT, Limits, factory_command, kernel_environment, prepare_scratch,
-                      read_only_dirs, remove_stale_scratch, running_as_root, sandbox_uid, scratch_prefix)
+from .kernel_factory import remove_entries, remove_tree
+from .sandbox import (FACTORY_HOME, KERNEL_SLOT, Limits, Overlay, factory_command, kernel_environment,
+                      prepare_scratch, read_only_dirs, remove_stale_scratch, running_as_root, sandbox_uid,
+                      scratch_prefix)
 
 #: Seconds a factory may take to import its libraries (a loaded machine, a slow disk).
 READY_TIMEOUT = 600
+#: In a factory's folder: torchvision's operator schemas, for a factory whose sandbox hides its kernels.
+OP_SCHEMAS_FILE = "op-schemas.json"
 
 
 def kernel_output_path(scratch: Path) -> Path:
@@ -106,7 +108,8 @@ class FactoryKernel:
 class KernelFactory:
     """A sandboxed `kernel_factory` process and the kernels it forks, one at a time."""
 
-    def __init__(self, mode: str, limits: Limits) -> None:
+    def __init__(self, mode: str, limits: Limits, overlay: Overlay | None = None,
+                 op_schemas: tuple[str, ...] = ()) -> None:
         remove_stale_scratch()
         self.root = Path(tempfile.mkdtemp(prefix=scratch_prefix()))
         self.kernel_uid = sandbox_uid() if running_as_root() and mode == "required" else None
@@ -114,7 +117,13 @@ class KernelFactory:
         self.slot.mkdir()
         prepare_scratch(self.root / FACTORY_HOME, None)
         os.chmod(self.root, 0o711)
-        command = factory_command(self.root, mode, limits, self.kernel_uid)
+        extra = ()
+        if op_schemas:  # read by the factory before it imports torchvision (its scratch is visible to it)
+            schemas = self.root / OP_SCHEMAS_FILE
+            schemas.write_text(json.dumps(list(op_schemas)))
+            os.chmod(schemas, 0o644)
+            extra = ("--op-schemas", str(schemas))
+        command = factory_command(self.root, mode, limits, self.kernel_uid, overlay, extra)
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.root,
                                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         self._ready = threading.Event()
@@ -140,8 +149,9 @@ class KernelFactory:
         """Remove what the last kernel left in its folder (the folder stays: the sandbox has it mounted)."""
         remove_entries(self.slot)
 
-    def start_kernel(self, argv: list[str], scratch: Path) -> FactoryKernel:
-        """Fork ``ipykernel_launcher`` with ``argv`` (e.g. ``["-f", connection_file]``) working in ``scratch``."""
+    def start_kernel(self, argv: list[str], scratch: Path, module: str | None = None) -> FactoryKernel:
+        """Fork ``ipykernel_launcher`` with ``argv`` (e.g. ``["-f", connection_file]``) working in ``scratch``;
+        with ``module``, fork that module (``python -m module *argv``) instead."""
         if not self._ready.wait(READY_TIMEOUT) or not self.alive:
             raise FactoryUnavailable(f"the kernel factory exited with code {_signal_code(self.process.poll())} "
                                      "before it was ready")
@@ -149,8 +159,10 @@ class KernelFactory:
             if self.busy:
                 raise FactoryUnavailable("the kernel factory is already running a kernel")
             kernel = self._kernel = FactoryKernel(self, str(next(self._ids)))
-        request = {"start": kernel.ident, "argv": ["ipykernel_launcher", *argv], "cwd": str(scratch / "work"),
+        request = {"start": kernel.ident, "argv": [module or "ipykernel_launcher", *argv], "cwd": str(scratch / "work"),
                    "env": kernel_environment(scratch), "output": str(kernel_output_path(scratch))}
+        if module:
+            request["module"] = module
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
@@ -187,30 +199,33 @@ class KernelFactory:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pass
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_tree(self.root)
 
 
 _FACTORIES: dict[tuple, list[KernelFactory]] = {}
 _FACTORIES_LOCK = threading.Lock()
 
 
-def kernel_factory(mode: str, limits: Limits) -> KernelFactory:
+def kernel_factory(mode: str, limits: Limits, overlay: Overlay | None = None,
+                   op_schemas: tuple[str, ...] = ()) -> KernelFactory:
     """An idle, live factory for this sandbox configuration, started now if there is none."""
-    key = (mode, limits, tuple(read_only_dirs()), tuple(sorted(kernel_environment(Path("/")).items())))
+    key = (mode, limits, tuple(read_only_dirs()), tuple(sorted(kernel_environment(Path("/")).items())), overlay,
+           tuple(op_schemas))
     with _FACTORIES_LOCK:
         factories = _FACTORIES.setdefault(key, [])
         factories[:] = [f for f in factories if f.alive]
         idle = next((f for f in factories if not f.busy), None)
         if idle is None:
-            idle = KernelFactory(mode, limits)
+            idle = KernelFactory(mode, limits, overlay, op_schemas)
             factories.append(idle)
         return idle
 
 
-def prestart_kernel_factory(mode: str, limits: Limits) -> None:
+def prestart_kernel_factory(mode: str, limits: Limits, overlay: Overlay | None = None,
+                            op_schemas: tuple[str, ...] = ()) -> None:
     """Start the factory now so its imports overlap with whatever the grader does next."""
     if mode != "off":
-        kernel_factory(mode, limits)
+        kernel_factory(mode, limits, overlay, op_schemas)
 
 
 @atexit.register
