@@ -257,7 +257,11 @@ class DaskGrading:
         digest = sha256(source)
         if digest not in self._sources:
             key = f"course-source-{assignment}-{digest[:16]}"
-            self._sources[digest] = self.client.submit(_source_bytes, source, key=key, pure=False)
+            future = self.client.submit(_source_bytes, source, key=key, pure=False)
+            # On every worker: otherwise the scheduler sends each grading task where the source is (data
+            # locality), and one worker grades them all in turn while the others wait.
+            self.client.replicate([future])
+            self._sources[digest] = future
         return self._sources[digest]
 
     def submit_grading(self, assignment: str, source_path: str, notebook_path: str, student: str,
