@@ -67,6 +67,7 @@ from course_lib.data.clips import DEFAULT_PHOTOS, photo_clip, shapes_clip
 from course_lib.data.video import read_video
 from course_lib.detection.pretrained import LoadedDetector, detector_info, load_detector, resolve_detector_name
 from course_lib.detection.video_detection import detect_video, frame_by_frame
+from course_lib.detection.video_detection.arguments import torch_threads
 
 TARGET_SPEEDUP = 1.5
 SHAPES = "shapes_ssd"
@@ -90,17 +91,6 @@ BOX_TOLERANCE, SCORE_TOLERANCE = 1e-2, 1e-4
 CHECK_FRAMES = 4
 #: The table's stage names -> `detect_video`'s and `frame_by_frame`'s stage names.
 SEED_STAGES = {"decode": "decode", "to-tensor": "convert", "model": "detect", "draw": "draw", "encode": "encode"}
-
-
-@contextlib.contextmanager
-def torch_threads(count: int):
-    """torch's intra-op threads set to ``count`` for a while."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- measuring

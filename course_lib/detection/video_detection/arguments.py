@@ -2,7 +2,7 @@
 
 Bad input gives a one-line TypeError or ValueError naming the argument. `_source` turns the
 ``video`` argument into a name and an opener (the file is only opened when the run starts);
-`_torch_threads` and `_eval_mode` set torch's thread count and the models' modes for a run and
+`torch_threads` and `_eval_mode` set torch's thread count and the models' modes for a run and
 restore them afterwards, also after an error.
 """
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _check_threshold(score_threshold: Any) -> float:
 
 
 @contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
+def torch_threads(count: int | None) -> Iterator[None]:
     """torch's intra-op threads set to ``count`` for a while (None: unchanged). The setting is the
     process's: every thread that starts a torch operator meanwhile gets ``count`` threads too."""
     before = torch.get_num_threads()

@@ -13,7 +13,7 @@ from torch import nn
 from ...data.video import SWS_FLAGS, video_writer
 from ..annotate import draw_detections
 from ..pretrained import LoadedDetector
-from .arguments import _check_output, _check_threshold, _count, _device, _eval_mode, _model, _torch_threads
+from .arguments import _check_output, _check_threshold, _count, _device, _eval_mode, _model, torch_threads
 from .results import STAGES, DetectorRun, VideoDetections, VideoTimings
 
 __all__ = ["frame_by_frame"]
@@ -68,7 +68,7 @@ def frame_by_frame(
     except OSError as error:
         raise ValueError(f"cannot read {path} as a video ({' '.join(str(error).split()[:8])})") from None
     try:
-        with _torch_threads(threads), _eval_mode([net]), torch.inference_mode(False), torch.enable_grad():
+        with torch_threads(threads), _eval_mode([net]), torch.inference_mode(False), torch.enable_grad():
             used_threads, fps = torch.get_num_threads(), float(reader.get_meta_data()["fps"])
             writer = video_writer(output, fps, **dict(writer_options or {})) if output is not None else None
             for index in range(max_frames if max_frames is not None else 2 ** 62):

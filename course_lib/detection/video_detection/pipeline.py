@@ -25,7 +25,7 @@ from ..pretrained import LoadedDetector, predict
 from ..tracking import IoUTracker
 from ..trails import draw_tracks
 from .arguments import (_check_output, _check_threshold, _count, _device, _eval_mode, _model, _Opener, _source,
-                        _torch_threads)
+                        torch_threads)
 from .results import STAGES, DetectorRun, VideoDetections, VideoTimings
 
 __all__ = ["DEFAULT_BATCH_SIZE", "QUEUE_BATCHES", "MAX_DEFAULT_WORKERS", "default_workers", "detect_video"]
@@ -374,7 +374,7 @@ def detect_video(
     threads = max(1, torch.get_num_threads() // workers) if on_cpu and workers > 1 else None
     pipeline = _Pipeline(source, nets, runs, trackers, score_threshold, batch_size, workers, output,
                          dict(writer_options or {}), titles, bool(keep_frames), bool(progress))
-    with _torch_threads(threads), _eval_mode(nets):
+    with torch_threads(threads), _eval_mode(nets):
         used_threads = torch.get_num_threads()
         seconds, cpu_seconds = pipeline.run()
     for run, tracker in zip(runs, trackers):
