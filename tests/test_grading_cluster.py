@@ -236,6 +236,8 @@ def test_doctor_reports_what_each_workers_sandboxed_kernel_computes_on(dask_clus
         assert report.facts["device"] == "cpu" and report.facts["sum"] == 4.0
         assert f"the kernel (sandbox {OPTIONS.sandbox}) computes on cpu" in report.line
         assert "\n" not in report.line
+        assert report.enforced[0].startswith("each process: 1536 MiB of data"), report.enforced
+        assert any(line.startswith("the whole sandbox:") for line in report.enforced)
 
 
 def course(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

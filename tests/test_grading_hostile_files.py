@@ -416,7 +416,7 @@ def test_every_clean_up_survives_what_a_kernel_leaves(tmp_path, monkeypatch):
     # a factory destroyed with its whole scratch folder
     root = tmp_path / "factory"
     _hostile_tree(root, outside)
-    factory = SimpleNamespace(alive=False, root=root, process=SimpleNamespace(wait=lambda timeout: 0))
+    factory = SimpleNamespace(alive=False, root=root, process=SimpleNamespace(wait=lambda timeout: 0), memory=None)
     warm.KernelFactory.destroy(factory)
     assert not root.exists()
     # a cold kernel's scratch folder, when its manager cleans up

@@ -1005,6 +1005,8 @@ def results_fd():
         except OSError:
             pass
     raise LookupError("the results file is not open")
+# where the harness writes its results (beside the sandbox's work folder, in the folder shared with the grader)
+RESULTS_PATH = os.path.join(os.path.dirname(os.getcwd()), "runtime", "verdict-results.jsonl")
 def grader_job():
     """The harness's job, read from its frame: how many calls each question has."""
     frame = sys._getframe()
@@ -1059,9 +1061,9 @@ ATTACKS = [
     # --- 2. forged results
     attack("forged-line-through-proc-self-fd", {"q2_tests": WRITTEN_TWICE},
            after={"setup": [RESULTS_FD, "os.write(results_fd(), forged('q2_tests').encode())"]}),
-    attack("forged-line-through-the-cwd-path", {"q3_tests": WRITTEN_TWICE},
+    attack("forged-line-through-the-results-path", {"q3_tests": WRITTEN_TWICE},
            after={"setup": [RESULTS_FD, """
-               with open("verdict-results.jsonl", "a") as handle:
+               with open(RESULTS_PATH, "a") as handle:
                    handle.write(forged("q3_tests"))
                """]}),
     attack("forged-line-for-a-later-question-at-call", {"q4_tests": WRITTEN_TWICE},
@@ -1087,13 +1089,13 @@ ATTACKS = [
     attack("fd-replaced-by-devnull-and-lines-forged", {q: GARBAGE for q in QUESTIONS_EX1},
            after={"setup": [RESULTS_FD, """
                fd = results_fd()
-               with open("verdict-results.jsonl", "a") as handle:
+               with open(RESULTS_PATH, "a") as handle:
                    handle.write("".join(forged(question) for question in grader_job()["questions"]))
                os.dup2(os.open(os.devnull, os.O_WRONLY), fd)  # the harness writes its own results to nothing
                """]}),
     attack("sys.stdout-replaced-by-the-results-file", {"q2_tests": WRITTEN_TWICE},
            after={"setup": [RESULTS_FD, """
-               sys.stdout = open("verdict-results.jsonl", "a", buffering=1)
+               sys.stdout = open(RESULTS_PATH, "a", buffering=1)
                print(forged("q2_tests"), end="")
                """]}),
     attack("harness-json.dumps-patched", {q: GARBAGE for q in QUESTIONS_EX1},
@@ -1210,8 +1212,9 @@ def test_an_attack_on_the_harness_earns_no_point(case, monkeypatch):
 
 FIFO = code("""
     import os
-    os.unlink("verdict-results.jsonl")  # the harness keeps writing to the file it opened, now unlinked
-    os.mkfifo("verdict-results.jsonl")
+    results = os.path.join(os.path.dirname(os.getcwd()), "runtime", "verdict-results.jsonl")
+    os.unlink(results)  # the harness keeps writing to the file it opened, now unlinked
+    os.mkfifo(results)
     """)
 
 
@@ -1227,7 +1230,7 @@ def test_a_fifo_in_place_of_the_results_file_does_not_hang_the_grader():
     if hung:  # wake the grader: open the FIFO's other end, so that its open() returns and its read() ends
         for factory in [f for factories in list(warm._FACTORIES.values()) for f in factories]:
             try:
-                os.close(os.open(factory.slot / "work" / RESULTS_FILE, os.O_WRONLY | os.O_NONBLOCK))
+                os.close(os.open(factory.slot / "runtime" / RESULTS_FILE, os.O_WRONLY | os.O_NONBLOCK))
             except OSError:
                 pass
         grading.join(30)

@@ -133,6 +133,9 @@ for outside in ({str(ROOT / "pwned.txt")!r}, "/usr/pwned.txt", "/pwned.txt"):
                                              "    except KeyboardInterrupt:\n        pass\n"),
         "memory_bomb": _with(q1_answer="hoard = bytearray(64 * 1024 ** 3)\n"),
         "fork_bomb": _with(q1_answer="import os\nwhile True:\n    os.fork()\n"),
+        # shared anonymous memory is not counted by RLIMIT_DATA: the sandbox's memory group stops it
+        "shared_memory_bomb": _with(q1_answer="import mmap\nshared = mmap.mmap(-1, 6 * 1024 ** 3, flags=mmap.MAP_SHARED)\n"
+                                              "for offset in range(0, len(shared), 4096):\n    shared[offset] = 1\n"),
         "big_print": _with(q1_answer="for _ in range(300):\n    print('x' * 1_000_000, flush=True)\n"
                            + _cell(solution, "q1_answer").source),
         "corrupt": SOURCE.read_bytes()[:700],
@@ -341,6 +344,18 @@ def test_a_memory_bomb_is_stopped_by_the_memory_limit(graded):
     assert record.status == "killed"
     assert "memory" in record.message
     assert record.scores == {"q1_tests": 0.0, "q2_tests": 1.0}
+
+
+def test_shared_memory_past_the_limit_is_stopped_and_named(graded):
+    from course_lib.grading.memory_cgroup import availability
+
+    parent, why = availability()
+    if parent is None:
+        pytest.skip(why)
+    record = _record(graded, "shared_memory_bomb")
+    assert record.status == "killed", record.message
+    assert "ran out of memory (limit 1536 MiB, shared memory and child processes included)" in record.message
+    assert record.scores["q1_tests"] == 0.0
 
 
 def test_a_fork_bomb_is_bounded_and_leaves_no_process_behind(graded):

@@ -25,7 +25,7 @@ from .preprocessors import (KERNEL_DIED_ERROR, KILLED_ERROR, NOT_RUN_ERROR, RESO
                             STOPPED_AT_TIME_LIMIT, TIMEOUT_ERROR, CellTimeouts)
 from .record import GradeRecord, Status
 from .sandbox import (DEFAULT_CPU_SECONDS, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB,
-                      DEFAULT_SANDBOX, SANDBOX_MODES, SandboxUnavailable, check_sandbox)
+                      DEFAULT_SANDBOX, DEFAULT_SCRATCH_MB, SANDBOX_MODES, SandboxUnavailable, check_sandbox)
 from .audit import audit_cells
 from .verdict_process import prestart_verdict_factory, run_verdict_process, used_a_hidden_reference
 from .verdicts import calls_for, judge, new_seed
@@ -55,6 +55,7 @@ class GradingOptions:
     cpu_seconds: int = DEFAULT_CPU_SECONDS
     max_processes: int = DEFAULT_MAX_PROCESSES
     max_file_mb: int = DEFAULT_MAX_FILE_MB
+    scratch_mb: int = DEFAULT_SCRATCH_MB
     max_output_kb: int = 1024
     probe_seed: int = 0  # inputs of the grader's own checks; 0: a fresh random seed per submission
     warm_kernels: bool = True
@@ -63,11 +64,12 @@ class GradingOptions:
     def limits(self):
         from .sandbox import Limits
 
-        return Limits(self.memory_mb, self.cpu_seconds, self.max_processes, self.max_file_mb)
+        return Limits(self.memory_mb, self.cpu_seconds, self.max_processes, self.max_file_mb,
+                      scratch_mb=self.scratch_mb)
 
     def __post_init__(self) -> None:
         for name in ("timeout", "setup_timeout", "memory_mb", "cpu_seconds", "max_processes", "max_file_mb",
-                     "max_output_kb"):
+                     "scratch_mb", "max_output_kb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -270,6 +272,7 @@ def _autograde(root: Path, assignment: str, options: GradingOptions) -> list[str
         "SandboxedKernelManager.cpu_seconds": options.cpu_seconds,
         "SandboxedKernelManager.max_processes": options.max_processes,
         "SandboxedKernelManager.max_file_mb": options.max_file_mb,
+        "SandboxedKernelManager.scratch_mb": options.scratch_mb,
         "OverwriteCells.add_missing_cells": True,
     }
     return run_converter(Autograde, root, assignment, SCRATCH_STUDENT, name="autograde", **settings)

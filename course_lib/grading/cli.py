@@ -82,7 +82,7 @@ def _grading_options(args: argparse.Namespace):
 
     return GradingOptions(timeout=args.timeout, setup_timeout=args.setup_timeout, sandbox=args.sandbox,
                           memory_mb=args.memory_mb, cpu_seconds=args.cpu_seconds, max_processes=args.max_processes,
-                          warm_kernels=not args.cold_kernels)
+                          scratch_mb=args.scratch_mb, warm_kernels=not args.cold_kernels)
 
 
 def _executor_kind(args: argparse.Namespace) -> str:
@@ -176,6 +176,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
             reports = doctor(options, cluster)
     for report in reports:
         print(report.line)
+        for line in report.enforced:
+            print(f"  {line}")
     return 0 if reports and all(report.ok for report in reports) else 1
 
 
@@ -213,7 +215,8 @@ def _add_course_dir(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 def _add_kernel_options(p: argparse.ArgumentParser) -> None:
     """Time limits and the sandbox of student kernels (`course grade`, `course doctor`)."""
-    from .sandbox import DEFAULT_CPU_SECONDS, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB, DEFAULT_SANDBOX, SANDBOX_MODES
+    from .sandbox import (DEFAULT_CPU_SECONDS, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB, DEFAULT_SANDBOX,
+                          DEFAULT_SCRATCH_MB, SANDBOX_MODES)
 
     p.add_argument("--timeout", type=int, default=120, metavar="S", help="time limit of each answer/test cell, seconds (default 120)")
     p.add_argument("--setup-timeout", type=int, default=300, metavar="S",
@@ -227,6 +230,9 @@ def _add_kernel_options(p: argparse.ArgumentParser) -> None:
                    help=f"CPU time limit of a student kernel, all threads together (default {DEFAULT_CPU_SECONDS})")
     p.add_argument("--max-processes", type=int, default=DEFAULT_MAX_PROCESSES, metavar="N",
                    help=f"processes and threads a student kernel may run (default {DEFAULT_MAX_PROCESSES})")
+    p.add_argument("--scratch-mb", type=int, default=DEFAULT_SCRATCH_MB, metavar="MB",
+                   help=f"size of each folder a student kernel writes in (work, home, temporary folders), kept in "
+                        f"memory and gone with its sandbox (default {DEFAULT_SCRATCH_MB})")
     p.add_argument("--cold-kernels", action="store_true",
                    help="start every student kernel from scratch instead of forking it from a warm kernel factory "
                         "that imported torch once (slower; the isolation is the same)")

@@ -501,6 +501,7 @@ class DoctorReport:
     ok: bool
     line: str
     facts: dict[str, Any] = field(default_factory=dict)
+    enforced: list[str] = field(default_factory=list)  # what limits hold there (`enforcement.enforcement_lines`)
 
 
 def _doctor_facts(record: GradeRecord) -> dict[str, Any] | None:
@@ -535,18 +536,24 @@ def doctor_report(where: str, record: GradeRecord, sandbox: str, want_gpu: bool)
 
 def doctor(options: GradingOptions, grading: DaskGrading | None = None) -> list[DoctorReport]:
     """Grade the doctor notebook in a sandboxed kernel: here, or once on every eligible worker of ``grading``."""
+    from .enforcement import enforcement_lines
+
     source = doctor_notebook()
     if grading is None:  # the same task a worker runs, in this process
         record = GradeRecord.from_json(grade_bytes(DOCTOR_ASSIGNMENT, source, source, "doctor", None,
                                                    dataclasses.asdict(options)))
-        return [doctor_report("this machine", record, options.sandbox, want_gpu=False)]
-    futures = {}
+        report = doctor_report("this machine", record, options.sandbox, want_gpu=False)
+        report.enforced = enforcement_lines(options.sandbox, options.limits, options.warm_kernels)
+        return [report]
+    futures, enforced = {}, {}
     for address in sorted(grading.eligible_workers()):
+        where = dict(key=f"course-doctor-{uuid.uuid4().hex[:8]}", pure=False, resources=grading.resources,
+                     workers=[address], allow_other_workers=False)
         futures[address] = grading.client.submit(
-            grade_bytes, DOCTOR_ASSIGNMENT, source, source, "doctor", None, dataclasses.asdict(options),
-            key=f"course-doctor-{uuid.uuid4().hex[:8]}", pure=False, resources=grading.resources,
-            workers=[address], allow_other_workers=False,
-        )
+            grade_bytes, DOCTOR_ASSIGNMENT, source, source, "doctor", None, dataclasses.asdict(options), **where)
+        where["key"] = f"course-doctor-limits-{uuid.uuid4().hex[:8]}"
+        enforced[address] = grading.client.submit(enforcement_lines, options.sandbox, options.limits,
+                                                  options.warm_kernels, **where)
     reports = []
     for address, future in futures.items():
         try:
@@ -555,7 +562,12 @@ def doctor(options: GradingOptions, grading: DaskGrading | None = None) -> list[
             reports.append(DoctorReport(address, False, f"{address}: the check failed: {type(error).__name__}: "
                                                         f"{error}".splitlines()[0]))
             continue
-        reports.append(doctor_report(address, record, options.sandbox, want_gpu=grading.gpus_per_task > 0))
+        report = doctor_report(address, record, options.sandbox, want_gpu=grading.gpus_per_task > 0)
+        try:
+            report.enforced = enforced[address].result()
+        except Exception as error:
+            report.enforced = [f"could not tell what is enforced there: {type(error).__name__}: {error}".splitlines()[0]]
+        reports.append(report)
     return reports
 
 

@@ -311,8 +311,31 @@ def remove_entries(folder, keep=frozenset()) -> None:
         os.close(folder_fd)
 
 
-def sweep(sandboxed: bool, keep: dict[str, set[str]], home: str | None) -> None:
-    """Kill what a kernel left running and remove what it added to the folders kernels share.
+def _as_kernel(kernel_uid: int | None, work) -> None:
+    """Run ``work()`` in a child process with the kernels' uid: what a kernel wrote is that uid's, so its
+    owner can always remove it (read-only folders included), and the factory needs no right to override
+    permissions. Without a kernel uid (a grader not run as root) the factory's uid is the kernels' own."""
+    if kernel_uid is None:
+        work()
+        return
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setresgid(kernel_uid, kernel_uid, kernel_uid)
+            os.setresuid(kernel_uid, kernel_uid, kernel_uid)
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    os.waitpid(pid, 0)
+
+
+def sweep(sandboxed: bool, keep: dict[str, set[str]], home: str | None, kernel_dirs: tuple[str, ...] = (),
+          kernel_uid: int | None = None) -> None:
+    """Kill what a kernel left running and remove what it added to the folders kernels share and to its
+    own folders (``kernel_dirs``: tmpfs mounts of this sandbox, emptied, never removed).
 
     Only inside the sandbox: there the processes and the temporary folders are the sandbox's own.
     Outside it (limits only) they are the machine's, and nothing but the factory's home is touched.
@@ -324,8 +347,13 @@ def sweep(sandboxed: bool, keep: dict[str, set[str]], home: str | None) -> None:
             except (ProcessLookupError, PermissionError):
                 break
             time.sleep(0.005)
-        for folder in SHARED_TEMP_DIRS:
-            remove_entries(folder, keep.get(folder, set()))
+        def empty_folders() -> None:
+            for folder in SHARED_TEMP_DIRS:
+                remove_entries(folder, keep.get(folder, set()))
+            for folder in kernel_dirs:  # the font cache bound into home stays (it cannot be removed)
+                remove_entries(folder)
+
+        _as_kernel(kernel_uid, empty_folders)
     if home:
         remove_entries(home)
 
@@ -334,7 +362,8 @@ def say(message: dict) -> None:
     os.write(1, (json.dumps(message) + "\n").encode())
 
 
-def serve(kernel_uid: int | None, sandboxed: bool, home: str | None, op_schemas: list[str] | None = None) -> None:
+def serve(kernel_uid: int | None, sandboxed: bool, home: str | None, op_schemas: list[str] | None = None,
+          kernel_dirs: tuple[str, ...] = ()) -> None:
     started = time.monotonic()
     preload(op_schemas)
     if home:  # the font cache and the like are loaded: kernels need not see them
@@ -352,7 +381,7 @@ def serve(kernel_uid: int | None, sandboxed: bool, home: str | None, op_schemas:
                     os.killpg(running[1], signal.SIGKILL)
                 except OSError:
                     pass
-                sweep(sandboxed, keep, home)
+                sweep(sandboxed, keep, home, kernel_dirs, kernel_uid)
                 say({"exited": running[0], "code": exit_code(status)})
                 running = None
         readable, _, _ = select.select([0], [], [], POLL_SECONDS if running else None)
@@ -383,6 +412,8 @@ def main() -> None:
     parser.add_argument("--sandboxed", action="store_true",
                         help="running in the kernels' own sandbox: its processes and temporary folders may be cleaned")
     parser.add_argument("--home", default=None, help="the factory's own folder, emptied once it has preloaded")
+    parser.add_argument("--kernel-dirs", nargs="+", default=(),
+                        help="the kernels' own folders (tmpfs mounts of the sandbox), emptied after each kernel")
     parser.add_argument("--op-schemas", default=None,
                         help="a JSON list of torchvision operator schemas to declare before importing torchvision")
     args = parser.parse_args()
@@ -390,7 +421,7 @@ def main() -> None:
     if args.op_schemas:
         with open(args.op_schemas, encoding="utf-8") as handle:
             op_schemas = json.load(handle)
-    serve(args.kernel_uid, args.sandboxed, args.home, op_schemas)
+    serve(args.kernel_uid, args.sandboxed, args.home, op_schemas, tuple(args.kernel_dirs))
 
 
 if __name__ == "__main__":

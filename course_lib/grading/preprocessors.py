@@ -335,6 +335,10 @@ class GuardedExecute(Execute):
             start = 0 if died_at is None else died_at
             ename = KILLED_ERROR if was_killed_by_a_limit(exit_code) else KERNEL_DIED_ERROR
             why = describe_exit(exit_code)
+            if getattr(self._kernel_manager, "out_of_memory", False):  # its memory group says so
+                ename = KILLED_ERROR
+                why = (f"it ran out of memory (limit {self._kernel_manager.memory_mb} MiB, shared memory and "
+                       "child processes included)")
             for index, cell in enumerate(nb.cells[start:], start):
                 if cell.cell_type != "code":
                     continue

@@ -42,6 +42,7 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import Bool, Integer, Unicode
 
 from .kernel_factory import remove_tree
+from .memory_cgroup import MemoryGroup, memory_group, remove_stale_groups
 
 #: How strictly student kernels are isolated.
 SANDBOX_MODES = ("required", "rlimits", "off")
@@ -54,6 +55,13 @@ DEFAULT_CPU_SECONDS = 3600  # CPU time summed over threads; the per-cell wall-cl
 DEFAULT_MAX_PROCESSES = 256  # threads count too (torch starts one per core)
 DEFAULT_MAX_FILE_MB = 256
 DEFAULT_MAX_OPEN_FILES = 1024
+#: Size of each memory-backed folder a sandboxed kernel writes in (its work folder, home, temporary
+#: folders, /dev/shm): what it writes is bounded, and gone with the sandbox.
+DEFAULT_SCRATCH_MB = 512
+#: Memory a kernel factory itself holds (torch and friends imported once), added to its memory group's limit.
+FACTORY_MEMORY_MB = 1024
+#: The kernel's own folders inside its scratch folder; in the sandbox each is a size-limited tmpfs.
+PRIVATE_DIRS = ("work", "home", "tmp")
 #: First uid a root grader gives its kernels; each grading process gets its own (base + pid).
 SANDBOX_UID_BASE = 2_000_000
 SANDBOX_UID_SPAN = 1_000_000
@@ -67,6 +75,9 @@ ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswit
 PASSED_ENV = ("LANG", "LC_ALL", "MPLBACKEND", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
               "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "PYTHONHASHSEED")
 PASSED_ENV_PREFIXES = ("COURSE_",)
+#: Set in every grading kernel: failed checks keep IPython's full traceback, whose "Cell In[N], line L"
+#: frames tell the feedback pages a visible test's failure from a hidden one's.
+GRADING_KERNEL_ENV = {"COURSE_CHECKS_TRACEBACK": "full"}
 #: Folders named by these variables (pretrained weights) are visible read-only when they exist.
 READ_ONLY_ENV_DIRS = ("COURSE_WEIGHTS_DIR", "TORCH_HOME")
 #: Device files of GPUs, bound into the sandbox when present.
@@ -95,9 +106,10 @@ class Limits:
     max_processes: int = DEFAULT_MAX_PROCESSES
     max_file_mb: int = DEFAULT_MAX_FILE_MB
     max_open_files: int = DEFAULT_MAX_OPEN_FILES
+    scratch_mb: int = DEFAULT_SCRATCH_MB
 
     def __post_init__(self) -> None:
-        for name in ("memory_mb", "cpu_seconds", "max_processes", "max_file_mb", "max_open_files"):
+        for name in ("memory_mb", "cpu_seconds", "max_processes", "max_file_mb", "max_open_files", "scratch_mb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -217,11 +229,17 @@ def kernel_environment(scratch: Path) -> dict[str, str]:
         if name in PASSED_ENV or name.startswith(PASSED_ENV_PREFIXES):
             env[name] = value
     env.setdefault("LANG", "C.UTF-8")
+    env.update(GRADING_KERNEL_ENV)
     return env
 
 
 def prepare_scratch(scratch: Path, uid: int | None) -> None:
-    """Create the kernel's folders; a root grader hands them to the kernel's uid (nobody else can read them)."""
+    """Create the kernel's folders; a root grader hands them to the kernel's uid (nobody else can read them).
+
+    In the bubblewrap sandbox ``work``, ``home`` and ``tmp`` are then hidden under tmpfs mounts
+    (`private_mounts`): only ``runtime`` (the sockets) and the kernel's output log are shared with
+    the grader.
+    """
     for sub in ("work", "home/.matplotlib", "tmp", "runtime"):
         (scratch / sub).mkdir(parents=True, exist_ok=True)
     # matplotlib builds a font list on first use (seconds): give the kernel the grader's copy.
@@ -237,6 +255,45 @@ def prepare_scratch(scratch: Path, uid: int | None) -> None:
     # Others may pass through (bwrap, as root without capabilities, enters them) but not list them.
     for folder in (scratch, scratch / "work"):
         os.chmod(folder, 0o711)
+
+
+def font_caches() -> list[Path]:
+    """matplotlib's font list of the grader (building one takes seconds): the kernel gets it read-only."""
+    grader_mpl = os.environ.get("MPLCONFIGDIR")
+    return sorted(Path(grader_mpl).glob("fontlist-*.json")) if grader_mpl and Path(grader_mpl).is_dir() else []
+
+
+@functools.lru_cache(maxsize=1)
+def tmpfs_size_supported() -> bool:
+    """Whether this bubblewrap can limit the size of a tmpfs (``--size``, bubblewrap 0.7 and later)."""
+    try:
+        help_text = subprocess.run([shutil.which("bwrap") or "bwrap", "--help"], capture_output=True, text=True,
+                                   timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--size" in help_text
+
+
+def _tmpfs(path: str | Path, size_mb: int, mode: str = "01777") -> list[str]:
+    """bwrap's arguments mounting a tmpfs at ``path`` that anyone may write in (sticky, like /tmp), of at
+    most ``size_mb`` where bubblewrap can say so."""
+    size = ["--size", str(size_mb * MIB)] if tmpfs_size_supported() else []
+    return ["--perms", mode, *size, "--tmpfs", str(path)]
+
+
+def private_mounts(scratch: Path, size_mb: int) -> list[str]:
+    """bwrap's arguments giving the kernel in ``scratch`` its own work, home and temporary folders in memory:
+    each at most ``size_mb``, gone with the sandbox (no clean-up to attack, nothing left on disk)."""
+    args = []
+    for sub in PRIVATE_DIRS:
+        args += _tmpfs(scratch / sub, size_mb)
+    caches = font_caches()
+    if caches:
+        matplotlib_dir = scratch / "home" / ".matplotlib"
+        args += ["--perms", "01777", "--dir", str(matplotlib_dir)]
+        for cache in caches:
+            args += ["--ro-bind", str(cache), str(matplotlib_dir / cache.name)]
+    return args
 
 
 def read_only_dirs() -> list[str]:
@@ -255,15 +312,17 @@ class Overlay:
 
 
 def _bwrap_args(env: dict[str, str], writable: list[Path], chdir: Path, read_only: list[Path] = (),
-                overlay: Overlay | None = None) -> list[str]:
+                overlay: Overlay | None = None, private: list[str] = (), scratch_mb: int = DEFAULT_SCRATCH_MB) -> list[str]:
     """bubblewrap's arguments: the system and ``read_only`` folders read-only, ``writable`` read-write,
-    then the ``overlay``'s files over what they replace.
+    the ``private`` mounts (`private_mounts`) over them, then the ``overlay``'s files over what they replace.
+    /tmp, /run and /dev/shm are tmpfs of at most ``scratch_mb`` each.
 
     Everything else the sandbox's own root holds (the folders bwrap creates as mount points) is
     read-only too: a kernel can leave nothing there for the next one.
     """
     args = [shutil.which("bwrap") or "bwrap", *_namespace_args(), "--die-with-parent", "--new-session",
-            "--clearenv", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+            "--clearenv", "--proc", "/proc", "--dev", "/dev", *_tmpfs("/dev/shm", scratch_mb),
+            *_tmpfs("/tmp", scratch_mb), *_tmpfs("/run", scratch_mb, mode="0755")]
     for folder in SYSTEM_DIRS:
         args += ["--ro-bind-try", folder, folder]
     for entry in ETC_ENTRIES:
@@ -277,6 +336,7 @@ def _bwrap_args(env: dict[str, str], writable: list[Path], chdir: Path, read_onl
         args += ["--ro-bind", folder, folder]
     for folder in writable:
         args += ["--bind", str(folder), str(folder)]
+    args += list(private)
     if overlay is not None:
         for outside, inside in overlay.binds:
             args += ["--ro-bind", str(outside), str(inside)]
@@ -309,14 +369,15 @@ def _keeping_only(*capabilities: str) -> list[str]:
 
 
 def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: Limits,
-                      overlay: Overlay | None = None) -> list[str]:
+                      overlay: Overlay | None = None, memory: MemoryGroup | None = None) -> list[str]:
     """``kernel_cmd`` wrapped in the limits (and, unless ``mode="rlimits"``, the bubblewrap sandbox,
-    with ``overlay`` over the files it replaces)."""
+    with ``overlay`` over the files it replaces); with ``memory``, everything it starts is in that group."""
     env = kernel_environment(scratch)
-    command = _limited(limits)
+    command = (memory.enter_command() if memory is not None else []) + _limited(limits)
     if mode != "required":
         return command + _with_only(env) + kernel_cmd
-    command += _bwrap_args(env, writable=[scratch], chdir=scratch / "work", overlay=overlay)
+    command += _bwrap_args(env, writable=[scratch], chdir=scratch / "work", overlay=overlay,
+                           private=private_mounts(scratch, limits.scratch_mb), scratch_mb=limits.scratch_mb)
     if not running_as_root():
         return command + _keeping_only() + ["--", *kernel_cmd]
     # bwrap keeps only the right to change uid; setpriv uses it once and drops everything.
@@ -327,23 +388,27 @@ def sandboxed_command(kernel_cmd: list[str], scratch: Path, mode: str, limits: L
 
 
 def factory_command(scratch: Path, mode: str, limits: Limits, kernel_uid: int | None,
-                    overlay: Overlay | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
+                    overlay: Overlay | None = None, extra_args: tuple[str, ...] = (),
+                    memory: MemoryGroup | None = None) -> list[str]:
     """The command of a `kernel_factory` sandbox in ``scratch`` (see `warm.KernelFactory` for its folders).
 
     The sandbox is the kernels' (same namespaces, system view and limits): ``scratch`` is read-only
     in it, except the kernels' folder ``slot`` and the factory's own ``factory-home``. As root, the
     factory keeps the rights to change uid (each kernel drops to ``kernel_uid``) and to kill what a
     kernel left behind. ``overlay`` replaces files in its view (a verdict process's factory);
-    ``extra_args`` go to the factory.
+    ``extra_args`` go to the factory. The kernels' own folders are tmpfs mounts of the factory's sandbox,
+    which the factory empties after each kernel; with ``memory``, the factory and its kernels are in that group.
     """
     home = scratch / FACTORY_HOME
     env = kernel_environment(home)
     factory = [sys.executable, "-m", "course_lib.grading.kernel_factory", "--home", str(home), *extra_args]
-    command = _limited(limits)
+    command = (memory.enter_command() if memory is not None else []) + _limited(limits)
     if mode != "required":
         return command + _with_only(env) + factory
-    command += _bwrap_args(env, writable=[scratch / KERNEL_SLOT, home], chdir=home / "work", read_only=[scratch],
-                           overlay=overlay)
+    slot = scratch / KERNEL_SLOT
+    command += _bwrap_args(env, writable=[slot, home], chdir=home / "work", read_only=[scratch], overlay=overlay,
+                           private=private_mounts(slot, limits.scratch_mb), scratch_mb=limits.scratch_mb)
+    factory += ["--kernel-dirs", *(str(slot / sub) for sub in PRIVATE_DIRS)]
     if kernel_uid is None:
         return command + _keeping_only() + ["--", *factory, "--sandboxed"]
     return command + _keeping_only("CAP_SETUID", "CAP_SETGID", "CAP_KILL") + [
@@ -401,20 +466,30 @@ class SandboxedKernelManager(AsyncKernelManager):
     max_processes = Integer(DEFAULT_MAX_PROCESSES).tag(config=True)
     max_file_mb = Integer(DEFAULT_MAX_FILE_MB).tag(config=True)
     max_open_files = Integer(DEFAULT_MAX_OPEN_FILES).tag(config=True)
+    scratch_mb = Integer(DEFAULT_SCRATCH_MB).tag(config=True)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._scratch: Path | None = None
         self._factory = None
+        self._memory: MemoryGroup | None = None
+        self._oom_kills_before = 0
         self.exit_code: int | None = None
+        self.out_of_memory = False
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.memory_mb, self.cpu_seconds, self.max_processes, self.max_file_mb, self.max_open_files)
+        return Limits(self.memory_mb, self.cpu_seconds, self.max_processes, self.max_file_mb, self.max_open_files,
+                      self.scratch_mb)
+
+    def _oom_kills(self) -> int:
+        group = self._factory if self._factory is not None else self._memory
+        return group.oom_kills() if group is not None else 0
 
     async def _async_pre_start_kernel(self, **kw):
         check_sandbox(self.sandbox)
         if self.sandbox == "off":
+            kw["env"] = {**kw.get("env", os.environ), **GRADING_KERNEL_ENV}
             return await super()._async_pre_start_kernel(**kw)
         if self.warm and is_kernel_launcher(self.kernel_spec.argv):
             from .warm import kernel_factory
@@ -424,8 +499,11 @@ class SandboxedKernelManager(AsyncKernelManager):
             uid = self._factory.kernel_uid
         else:
             remove_stale_scratch()
+            remove_stale_groups()
             self._scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix()))
             uid = sandbox_uid() if running_as_root() and self.sandbox == "required" else None
+            self._memory = memory_group(self.memory_mb * MIB)
+        self._oom_kills_before = self._oom_kills()
         prepare_scratch(self._scratch, uid)
         self.transport = "ipc"
         self.ip = str(self._scratch / "kernel-ipc")
@@ -438,7 +516,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         if self._factory is not None:
             return kernel_cmd, kw
-        return sandboxed_command(kernel_cmd, self._scratch, self.sandbox, self.limits), kw
+        return sandboxed_command(kernel_cmd, self._scratch, self.sandbox, self.limits, memory=self._memory), kw
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
         if self._factory is None:
@@ -453,6 +531,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         process = getattr(self.provisioner, "process", None)
         if process is not None and process.poll() is not None:
             self.exit_code = process.returncode
+            self.out_of_memory = self._oom_kills() > self._oom_kills_before
 
     async def _async_is_alive(self) -> bool:
         alive = await super()._async_is_alive()
@@ -475,6 +554,9 @@ class SandboxedKernelManager(AsyncKernelManager):
             self._factory.clear_kernel_dir()
         elif self._scratch is not None and not restart:
             remove_tree(self._scratch)
+        if self._memory is not None and not restart:
+            self._memory.remove()
+            self._memory = None
         if not restart:
             self._scratch = None
 

@@ -34,7 +34,8 @@ from pathlib import Path
 import nbformat
 
 from .kernel_factory import remove_tree
-from .sandbox import Limits, Overlay, prepare_scratch, remove_stale_scratch, running_as_root, sandbox_uid, \
+from .memory_cgroup import memory_group, remove_stale_groups
+from .sandbox import MIB, Limits, Overlay, prepare_scratch, remove_stale_scratch, running_as_root, sandbox_uid, \
     sandboxed_command, scratch_prefix
 from .submission import cell_kind, grade_id
 from .verdict_harness import CALL_SECONDS, CELL_SECONDS, OP_SCHEMAS, QUESTIONS, STEPS
@@ -210,7 +211,8 @@ def _views_folder() -> Path:
 def _prepare(scratch: Path, nb, calls, view: VerdictView, uid: int | None, cell_seconds: float,
              call_seconds: float, hidden: bool) -> tuple[Path, Path]:
     prepare_scratch(scratch, uid)
-    job, results = scratch / "work" / JOB_FILE, scratch / "work" / RESULTS_FILE
+    # the runtime folder is shared with the grader (in the sandbox, work is a tmpfs of its own)
+    job, results = scratch / "runtime" / JOB_FILE, scratch / "runtime" / RESULTS_FILE
     write_job(job, nb, calls, view, cell_seconds, call_seconds, hidden)
     if uid is not None:
         os.chown(job, uid, uid)
@@ -242,7 +244,9 @@ def _run_warm(nb, calls, view, overlay, mode, limits, cell_seconds, call_seconds
 
 def _run_cold(nb, calls, view, overlay, mode, limits, cell_seconds, call_seconds, deadline, questions):
     remove_stale_scratch()
+    remove_stale_groups()
     scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix()))
+    memory = memory_group(limits.memory_mb * MIB) if mode != "off" else None
     try:
         uid = sandbox_uid() if running_as_root() and mode == "required" else None
         job, results = _prepare(scratch, nb, calls, view, uid, cell_seconds, call_seconds, overlay is not None)
@@ -252,7 +256,7 @@ def _run_cold(nb, calls, view, overlay, mode, limits, cell_seconds, call_seconds
                    "HOME": str(scratch / "home"), "MPLBACKEND": "Agg", "TMPDIR": str(scratch / "tmp")}
             env.update({k: v for k, v in os.environ.items() if k.startswith("COURSE_")})
         else:
-            command = sandboxed_command(command, scratch, mode, limits, overlay)
+            command = sandboxed_command(command, scratch, mode, limits, overlay, memory)
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             if mode != "required":  # limits only: the view's course_lib comes first on the path
                 command = [part.replace(f"PYTHONPATH={_course_parent()}", f"PYTHONPATH={view.root}")
@@ -268,6 +272,8 @@ def _run_cold(nb, calls, view, overlay, mode, limits, cell_seconds, call_seconds
         return read_results(results, questions), code, timed_out
     finally:
         remove_tree(scratch)  # the student's code wrote there: no recursion, no link followed
+        if memory is not None:
+            memory.remove()
 
 
 def _course_parent() -> str:

@@ -23,9 +23,10 @@ import threading
 from pathlib import Path
 
 from .kernel_factory import remove_entries, remove_tree
-from .sandbox import (FACTORY_HOME, KERNEL_SLOT, Limits, Overlay, factory_command, kernel_environment,
-                      prepare_scratch, read_only_dirs, remove_stale_scratch, running_as_root, sandbox_uid,
-                      scratch_prefix)
+from .memory_cgroup import memory_group, remove_stale_groups
+from .sandbox import (FACTORY_HOME, FACTORY_MEMORY_MB, KERNEL_SLOT, MIB, PRIVATE_DIRS, Limits, Overlay,
+                      factory_command, kernel_environment, prepare_scratch, read_only_dirs, remove_stale_scratch,
+                      running_as_root, sandbox_uid, scratch_prefix)
 
 #: Seconds a factory may take to import its libraries (a loaded machine, a slow disk).
 READY_TIMEOUT = 600
@@ -111,6 +112,8 @@ class KernelFactory:
     def __init__(self, mode: str, limits: Limits, overlay: Overlay | None = None,
                  op_schemas: tuple[str, ...] = ()) -> None:
         remove_stale_scratch()
+        remove_stale_groups()
+        self.mode = mode
         self.root = Path(tempfile.mkdtemp(prefix=scratch_prefix()))
         self.kernel_uid = sandbox_uid() if running_as_root() and mode == "required" else None
         self.slot = self.root / KERNEL_SLOT
@@ -123,7 +126,9 @@ class KernelFactory:
             schemas.write_text(json.dumps(list(op_schemas)))
             os.chmod(schemas, 0o644)
             extra = ("--op-schemas", str(schemas))
-        command = factory_command(self.root, mode, limits, self.kernel_uid, overlay, extra)
+        # One memory limit for the factory and its kernel together: shared memory and children count too.
+        self.memory = memory_group((limits.memory_mb + FACTORY_MEMORY_MB) * MIB) if mode != "off" else None
+        command = factory_command(self.root, mode, limits, self.kernel_uid, overlay, extra, self.memory)
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.root,
                                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         self._ready = threading.Event()
@@ -146,8 +151,16 @@ class KernelFactory:
         return self.slot
 
     def clear_kernel_dir(self) -> None:
-        """Remove what the last kernel left in its folder (the folder stays: the sandbox has it mounted)."""
-        remove_entries(self.slot)
+        """Remove what the last kernel left in its folder (the folder stays: the sandbox has it mounted).
+
+        In the bubblewrap sandbox the kernel's work, home and temporary folders are tmpfs mounts that
+        the factory itself empties: their mount points here stay (removing one would unmount it there).
+        """
+        remove_entries(self.slot, keep=PRIVATE_DIRS if self.mode == "required" else ())
+
+    def oom_kills(self) -> int:
+        """Processes of this factory's sandbox ended by the out-of-memory killer so far (0 without a group)."""
+        return self.memory.oom_kills() if self.memory is not None else 0
 
     def start_kernel(self, argv: list[str], scratch: Path, module: str | None = None) -> FactoryKernel:
         """Fork ``ipykernel_launcher`` with ``argv`` (e.g. ``["-f", connection_file]``) working in ``scratch``;
@@ -200,6 +213,8 @@ class KernelFactory:
         except subprocess.TimeoutExpired:
             pass
         remove_tree(self.root)
+        if self.memory is not None:
+            self.memory.remove()
 
 
 _FACTORIES: dict[tuple, list[KernelFactory]] = {}
