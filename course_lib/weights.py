@@ -8,8 +8,8 @@ The course looks for that file, in order, in:
    ``file://`` URL or an ``http(s)://`` base URL holding the files under torchvision's own names;
 2. the ``weights/`` folder at the course root;
 3. torch hub's cache (``<torch.hub.get_dir()>/checkpoints``), where torchvision keeps its downloads;
-4. the internet, through torchvision's own ``weights.get_state_dict`` (skipped when
-   ``COURSE_OFFLINE=1``).
+4. the internet, with torch hub's downloader (the one behind torchvision's ``weights.get_state_dict``),
+   into torch hub's cache (skipped when ``COURSE_OFFLINE=1``).
 
 When none has it, `WeightsUnavailable` says so in one line, with the file name and how to provide it.
 
@@ -21,7 +21,8 @@ Two ways to use the weights:
   code path, ``builder(weights=weights)``, finds it there and does not download anything.
 
 In a notebook, ``try_pretrained(fn, ...)`` runs either and turns `WeightsUnavailable` into a printed
-notice and ``None``, so the lesson can carry on without the weights.
+notice and ``None``, so the lesson can carry on without the weights. Without network access that
+notice is all a learner sees: nothing is printed before a download has really started.
 """
 from __future__ import annotations
 
@@ -126,22 +127,34 @@ def _one_line(error: BaseException, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _hash_prefix(file_name: str) -> str | None:
+    """The hash prefix a torchvision file name carries (``resnet50-11ad3fa6.pth`` -> ``"11ad3fa6"``), or None."""
+    match = torch.hub.HASH_REGEX.search(file_name)
+    return match.group(1) if match else None
+
+
 def _download(weights, *, progress: bool) -> dict[str, Any]:
-    """Fetch the file from the remote mirror, else torchvision's URL, into torch hub's cache; load it."""
+    """Fetch the file from the remote mirror, else torchvision's URL, into torch hub's cache; load it.
+
+    Uses torch hub's downloader directly rather than ``torch.hub.load_state_dict_from_url``: the
+    latter prints ``Downloading: "<url>" to <path>`` before it knows whether the network is there, so
+    a learner without network access would see that line ahead of the course's one-line notice.
+    The downloader itself prints nothing until the connection is open (then a progress bar, if
+    ``progress``), checks the hash that the file name carries, and never leaves a partial file behind.
+    """
     name = weights_file_name(weights)
     if config.offline():
         raise _unavailable(weights, f"offline, no local {name}")
     mirror = _mirror()
     urls = [mirror.rstrip("/") + "/" + name] if mirror is not None and _is_remote(mirror) else []
     urls.append(_weights_url(weights))
+    cached = _hub_checkpoints_dir() / name
     errors = []
     for url in urls:
         try:
-            # torchvision's own loader (what `weights.get_state_dict` calls): it checks the hash that
-            # the file name carries and caches the file under torch hub's directory.
-            return torch.hub.load_state_dict_from_url(
-                url, progress=progress, check_hash=True, file_name=name, map_location="cpu", weights_only=True
-            )
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached), _hash_prefix(name), progress=progress)
+            return torch.load(cached, map_location="cpu", weights_only=True)
         except Exception as error:  # network, HTTP or hash errors: try the next source, report them all
             errors.append(f"{urlparse(url).netloc}: {_one_line(error)}")
     raise _unavailable(weights, "download failed: " + "; ".join(errors))

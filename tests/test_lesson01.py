@@ -79,7 +79,76 @@ def test_offline_weights_notice_and_pictures(executed, text):
     difference = float(re.search(r"largest difference between our logits and torchvision's: (\S+)", text)[1])
     assert difference < 1e-5
     images = [out for cell in executed.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
-    assert len(images) >= 5
+    assert len(images) >= 9
+
+
+def _figure_cells(executed, call: str) -> list:
+    """The code cells that call ``call``, each with its image outputs."""
+    return [cell for cell in executed.cells if cell.cell_type == "code" and call in cell.source]
+
+
+def _images(cell) -> int:
+    return sum("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+
+
+@pytest.mark.notebook
+def test_architecture_pictures_where_the_text_introduces_them(executed):
+    headings = [i for i, cell in enumerate(executed.cells) if cell.cell_type == "markdown" and cell.source.startswith("#")]
+
+    def section(index: int) -> str:
+        return executed.cells[max(h for h in headings if h <= index)].source.splitlines()[0]
+
+    index = {id(cell): i for i, cell in enumerate(executed.cells)}
+    blocks = _figure_cells(executed, "draw_block(")
+    layouts = _figure_cells(executed, "draw_stage_layouts(")
+    assert [section(index[id(c)]) for c in blocks] == ["## 2. The residual block", "### The bottleneck block"]
+    assert [section(index[id(c)]) for c in layouts] == ["## 4. ResNet18, then ResNet34", "### The bottleneck block"]
+    assert all(_images(cell) == 1 for cell in blocks + layouts)
+
+
+@pytest.mark.notebook
+def test_drawn_layouts_are_the_models_layouts(text):
+    """The layout lines are read from the lesson's own models and compared with course_lib's and torchvision's."""
+    sides = "sides [56, 56, 28, 14, 7]"
+    for name, blocks, channels in [("ResNet18", "[2, 2, 2, 2]", "[64, 64, 128, 256, 512]"),
+                                   ("ResNet34", "[3, 4, 6, 3]", "[64, 64, 128, 256, 512]"),
+                                   ("ResNet50", "[3, 4, 6, 3]", "[64, 256, 512, 1024, 2048]")]:
+        line = f"{name}: blocks {blocks}, channels {channels}, strides [4, 1, 2, 2, 2], {sides}"
+        assert f"{line}; same as course_lib's and torchvision's: True" in text
+        if name != "ResNet50":
+            assert f"{line}; same as torchvision's: True" in text
+    assert "torchvision's: False" not in text
+    assert "basic block on 64 channels: 73,984 parameters; bottleneck block on 256 channels: 70,400 parameters" in text
+
+
+@pytest.mark.notebook
+def test_the_rest_of_the_family(text):
+    expected = {
+        "resnet101": "bottleneck blocks [3, 4, 23, 3]; stage 2: 3x3 conv on 64 channels in 1 group(s)",
+        "resnet152": "bottleneck blocks [3, 8, 36, 3]; stage 2: 3x3 conv on 64 channels in 1 group(s)",
+        "resnext50_32x4d": "bottleneck blocks [3, 4, 6, 3]; stage 2: 3x3 conv on 128 channels in 32 group(s)",
+        "wide_resnet50_2": "bottleneck blocks [3, 4, 6, 3]; stage 2: 3x3 conv on 128 channels in 1 group(s)",
+    }
+    for name, facts in expected.items():
+        assert re.search(rf"^{name}\s+{re.escape(facts)}, block output 256 channels$", text, flags=re.M), name
+
+
+@pytest.mark.notebook
+def test_the_prose_names_the_family_with_the_printed_numbers(executed):
+    prose = "\n".join(cell.source for cell in executed.cells if cell.cell_type == "markdown")
+    for fact in ["3, 4, 23, 3", "3, 8, 36, 3", "32 groups", "cardinality", "128 instead of 64", "`wide_resnet50_2`",
+                 "`resnext50_32x4d`"]:
+        assert fact in prose, fact
+
+
+@pytest.mark.notebook
+def test_long_cells_say_how_long_they_take(executed):
+    """The memory measurement is the lesson's one long cell: the text before it gives both running times."""
+    cells = executed.cells
+    memory = next(i for i, cell in enumerate(cells) if cell.cell_type == "code" and "BATCH = 2 if config.quick_mode()" in cell.source)
+    before = cells[memory - 1].source
+    assert re.search(r"about \d+ seconds in quick mode and about \d+ seconds with 16 images", before)
+    assert "quick mode" in cells[0].source and "minute" in cells[0].source
 
 
 @pytest.mark.notebook

@@ -47,6 +47,78 @@ def test_lesson_runs_offline_and_prints_the_exam_answers():
     map_50 = float(re.search(r"mAP@0.5 = ([\d.]+)", text).group(1))
     assert map_50 > 0.1, text[-2000:]
     assert "quick mode: True" in text
+    _check_notation_and_objectness(text)
+    _check_targets_and_loss_written_in_the_open(text)
+    _check_what_nms_leaves(text)
+
+
+def _check_notation_and_objectness(text: str) -> None:
+    """C counts the object classes; the library's num_classes is C + 1; objectness x class = class score."""
+    assert "C = 3 object classes + background at index 0" in text
+    assert "head output: (2, 24, 4, 4) = (batch, 3 x (4 + 3 + 1), 4, 4)" in text
+    dog, cat, background = (math.exp(v) for v in (0.1, -2.0, 0.2))
+    total = dog + cat + background
+    objectness, dog_given_object = 1 - background / total, dog / (dog + cat)
+    assert (f"1 - p(background) = {objectness:.3f}, p(dog | object) = {dog_given_object:.3f}, "
+            f"p(cat | object) = {1 - dog_given_object:.3f}") in text
+    assert f"= (p(dog), p(cat)) = ({dog / total:.3f}, {cat / total:.3f})" in text
+    products = re.search(r"objectness x p\(class \| object\) = \(([\d.]+), ([\d.]+)\) = \(p\(dog\), p\(cat\)\) = "
+                         r"\(([\d.]+), ([\d.]+)\)", text)
+    assert products and products.group(1, 2) == products.group(3, 4)
+
+
+def _check_targets_and_loss_written_in_the_open(text: str) -> None:
+    """The lesson's own targets and loss agree with course_lib's, and its printed assignments are right."""
+    assert "same labels: True  same objects: True  same responsible: True" in text
+    offsets = float(re.search(r"largest offset difference from yolo.build_targets: ([\d.e+-]+)", text).group(1))
+    assert offsets < 1e-5
+    differences = [float(d) for d in re.findall(r"yolo.yolo_loss [\d.]+, difference ([\d.e+-]+)", text)]
+    assert len(differences) == 3 and max(differences) < 1e-5
+    objects, responsible, lost = map(int, re.search(
+        r"training objects: (\d+), responsible predictions: (\d+) \((\d+) lost", text).groups())
+    assert objects - responsible == lost and 0 <= lost < objects / 10
+    # Every printed assignment: the centre lies in the cell, and the index is (c_y W + c_x) k + a on a 4x4 grid.
+    grid, stride, anchors = 4, 16, 3
+    rows = re.findall(r"centre \(\s*([\d.]+),\s*([\d.]+)\)\): cell \((\d), (\d)\), anchor (\d) -> prediction (\d+)", text)
+    assert len(rows) >= 3
+    for x, y, cell_x, cell_y, anchor, index in rows:
+        assert (int(cell_x), int(cell_y)) == (min(int(float(x) // stride), grid - 1), min(int(float(y) // stride), grid - 1))
+        assert int(index) == (int(cell_y) * grid + int(cell_x)) * anchors + int(anchor)
+    shown = re.search(r"responsible predictions: \[([\d, ]+)\]", text).group(1)
+    assert sorted(int(i) for i in shown.split(",")) == sorted({int(row[-1]) for row in rows})
+
+
+def _check_what_nms_leaves(text: str) -> None:
+    """The pictures' captions: NMS removes boxes, and nested pairs it leaves overlap by IoU <= 0.5."""
+    summary = re.search(r"(\d+) detections for (\d+) objects in the 100 validation images; "
+                        r"nested pairs of one class: (\d+)(?:, largest IoU ([\d.]+))?", text)
+    assert summary, text[-3000:]
+    if int(summary.group(3)):
+        assert float(summary.group(4)) <= 0.5
+    removed, kept_before = map(int, re.search(r"validation image \d+: NMS removed (\d+) of (\d+) boxes", text).groups())
+    assert 1 <= removed <= kept_before
+    left = re.search(r"nested pairs of one class left: (.*)", text).group(1)
+    assert left == "none" or all(float(iou) <= 0.5 for iou in re.findall(r"IoU ([\d.]+)", left))
+
+
+def test_lesson_says_before_each_training_loop_how_long_it_takes():
+    cells = nbformat.read(LESSON, as_version=4).cells
+    loops = [i for i, c in enumerate(cells) if c.cell_type == "code" and ("fit(" in c.source or "for step in" in c.source)]
+    assert len(loops) == 2
+    for i in loops:
+        before = next(c.source for c in reversed(cells[:i]) if c.cell_type == "markdown")
+        assert "quick mode" in before and "full mode" in before and "second" in before, before
+
+
+def test_lesson_writes_the_notation_once_and_passes_c_plus_one_scores():
+    source = "\n".join(c.source for c in nbformat.read(LESSON, as_version=4).cells)
+    assert "background included** in $C$" not in source and "C$ class scores, background included" not in source
+    assert "num_classes=C + 1" in source and "num_classes=len(CLASSES)" not in source
+    assert "largest_object" in source  # the localization warm-up lives in this lesson
+    for year, name in (("2014", "MultiBox"), ("2014", "R-CNN"), ("2015", "Fast R-CNN"), ("2015", "Faster R-CNN"),
+                       ("2016", "YOLO"), ("2016", "SSD"), ("2017", "RetinaNet")):
+        assert f"**{year}, {name}" in source, name
+    assert "objectness" in source and "yolo.build_targets" in source and "yolo.yolo_loss" in source
 
 
 @pytest.mark.notebook

@@ -313,3 +313,70 @@ def test_plot_loss_curves(tmp_path):
     assert np.isnan(ax.lines[1].get_ydata()[0]) and ax.get_yscale() == "log" and ax.get_xlabel() == "step"
     with pytest.raises(TypeError, match="history"):
         viz.plot_loss_curves(3.0)
+
+
+# -- labels stay inside the picture --------------------------------------------------------------
+
+#: Boxes touching each edge and corner of a 64 x 64 image, and the whole image (labels long enough to overflow).
+EDGE_BOXES = torch.tensor([
+    [0.0, 20.0, 20.0, 40.0],    # left edge
+    [44.0, 20.0, 64.0, 40.0],   # right edge
+    [20.0, 0.0, 40.0, 20.0],    # top edge
+    [20.0, 44.0, 40.0, 64.0],   # bottom edge
+    [0.0, 0.0, 12.0, 12.0],     # top-left corner
+    [52.0, 0.0, 64.0, 12.0],    # top-right corner
+    [0.0, 52.0, 12.0, 64.0],    # bottom-left corner
+    [56.0, 58.0, 64.0, 64.0],   # a small box in the bottom-right corner
+    [0.0, 0.0, 64.0, 64.0],     # the whole image
+])
+
+
+def _assert_labels_inside(fig) -> int:
+    """Draw ``fig`` with Agg; every text and its coloured patch must lie inside its axes. Returns the count."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    checked = 0
+    for ax in fig.axes:
+        frame = ax.get_window_extent(renderer)
+        for text in ax.texts:
+            extents = [text.get_window_extent(renderer)]
+            if text.get_bbox_patch() is not None:
+                extents.append(text.get_bbox_patch().get_window_extent(renderer))
+            for extent in extents:
+                assert (frame.x0 - 0.5 <= extent.x0 and extent.x1 <= frame.x1 + 0.5
+                        and frame.y0 - 0.5 <= extent.y0 and extent.y1 <= frame.y1 + 0.5), (text.get_text(), extent, frame)
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("cell_size", [1.0, 1.8, 4.0])
+def test_labels_stay_inside_the_axes_for_boxes_touching_every_edge(cell_size):
+    labels = torch.tensor([3] * len(EDGE_BOXES))  # "triangle", the longest name
+    scores = torch.linspace(0.5, 0.99, len(EDGE_BOXES))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * cell_size, cell_size))
+    viz.draw_boxes(_image(64, 64), EDGE_BOXES, labels, scores, CLASSES, ax=axes[0])
+    matches = torch.arange(len(EDGE_BOXES))
+    viz.show_matching(_image(64, 64), EDGE_BOXES, EDGE_BOXES, matches, labels, CLASSES, ax=axes[1])
+    fig.subplots_adjust(left=0.02, right=0.98, wspace=0.05)  # a layout step after drawing: labels follow
+    assert _assert_labels_inside(fig) == 2 * len(EDGE_BOXES)
+    assert {t.get_text() for t in axes[1].texts} == {"gt %d triangle: 1 anchor" % g for g in range(len(EDGE_BOXES))}
+
+
+def test_labels_stay_inside_in_an_image_grid_and_a_saved_figure(tmp_path):
+    items = [(_image(64, 64), EDGE_BOXES[i:i + 1], torch.tensor([2]), torch.tensor([0.87])) for i in range(len(EDGE_BOXES))]
+    fig = viz.image_grid(items, ncols=5, class_names=CLASSES, cell_size=1.8)
+    assert _assert_labels_inside(fig) == len(EDGE_BOXES)
+    fig.savefig(tmp_path / "edges.png", dpi=200)  # another dpi: the labels are placed again
+    assert _assert_labels_inside(fig) == len(EDGE_BOXES)
+
+
+def test_labels_go_above_the_box_when_there_is_room_and_inside_when_not():
+    ax = viz.draw_boxes(_image(64, 64), torch.tensor([[10.0, 30.0, 30.0, 50.0], [10.0, 0.0, 30.0, 20.0]]),
+                        torch.tensor([1, 1]), class_names=CLASSES)
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    box_tops = ax.transData.transform([(10.0, 30.0), (10.0, 0.0)])[:, 1]   # display y grows upwards
+    below_room, at_top = (t.get_window_extent(renderer) for t in ax.texts)
+    assert below_room.y0 >= box_tops[0] - 0.5          # above the first box's top edge
+    assert at_top.y1 <= box_tops[1] + 0.5              # under the second box's top edge (the image's top)
+    assert below_room.x0 == pytest.approx(ax.transData.transform((10.0, 0.0))[0], abs=3)  # at the left corner

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import socket
 import http.server
 import threading
 from pathlib import Path
@@ -249,3 +250,47 @@ def test_offline_never_touches_the_network(places, server, monkeypatch):
     with pytest.raises(WeightsUnavailable, match="offline"):
         fetch_state_dict(TinyWeights(f"{base}/canonical/{name}"))
     assert requests == []
+
+
+# ---------------------------------------------------------------- what a learner sees without network
+
+
+def closed_port_url(path: str) -> str:
+    """An http URL on this machine where nothing listens: the connection is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_unreachable_network_shows_the_notice_and_nothing_else(places, monkeypatch, capfd, progress):
+    """torch's loader prints 'Downloading: ...' before it connects; the course's notice must be all there is."""
+    monkeypatch.setenv("COURSE_OFFLINE", "0")
+    monkeypatch.setenv("COURSE_WEIGHTS_MIRROR", closed_port_url("/mirror/"))
+    weights = TinyWeights(closed_port_url("/canonical/tiny-0123abcd.pth"))
+    assert try_pretrained(fetch_state_dict, weights, progress=progress) is None
+    out, err = capfd.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    assert lines[0].startswith("\u26a0 Tiny_Weights.DEFAULT unavailable (download failed: 127.0.0.1:")
+    assert lines[0].count("refused") == 2  # the mirror and the canonical address, both reported
+    assert not any(places["hub"].iterdir())  # no partial file left in the cache
+
+
+def test_offline_notice_is_the_only_output(places, capfd):
+    assert try_pretrained(ensure_weights, ResNet50_Weights.IMAGENET1K_V2) is None
+    out, err = capfd.readouterr()
+    assert err == "" and out.count("\n") == 1 and out.startswith("\u26a0 ResNet50_Weights.IMAGENET1K_V2 unavailable")
+
+
+def test_a_successful_download_prints_no_download_line(places, server, monkeypatch, capfd):
+    base, root, requests = server
+    (root / "canonical").mkdir()
+    name, state = tiny_file(root / "canonical")
+    monkeypatch.setenv("COURSE_OFFLINE", "0")
+    assert_same_state(try_pretrained(fetch_state_dict, TinyWeights(f"{base}/canonical/{name}")), state)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    assert requests == [f"/canonical/{name}"]

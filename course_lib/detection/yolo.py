@@ -1,7 +1,9 @@
 """A single-stage (YOLO-style) detector: one 1x1 convolution on a backbone's last feature map.
 
 The head predicts, for every cell of the backbone's output grid and every anchor shape, four box
-offsets and one logit per class (background included in ``num_classes``)::
+offsets and one logit per score of the class softmax. ``num_classes`` counts every score of that
+softmax, background included: with the lessons' notation (C object classes) it is ``C + 1``. In this
+module ``C`` stands for ``num_classes``::
 
     images (B, 3, H_img, W_img) -> backbone (B, F, H, W) -> 1x1 conv (B, A * (4 + C), H, W)
 
@@ -130,7 +132,8 @@ def output_grid_size(image_size: int | Sequence[int], stride: int = DEFAULT_STRI
 def head_channels(num_anchors: int, num_classes: int) -> int:
     """Channels of the head output: every anchor predicts 4 box offsets and ``num_classes`` logits.
 
-    ``num_classes`` counts the background class: dog and cat with 2 anchors -> 2 * (4 + 3) = 14.
+    ``num_classes`` counts every softmax score, background included (the lessons' C + 1): dog and cat
+    with 2 anchors -> 2 * (4 + 2 + 1) = 14.
     """
     _check_positive_int("num_anchors", num_anchors)
     _check_positive_int("num_classes", num_classes)
@@ -154,7 +157,7 @@ class SingleStageDetector(nn.Module):
     Args:
         backbone: maps images (B, 3, H_img, W_img) to features (B, F, H, W).
         num_anchors: anchor shapes per grid cell (A).
-        num_classes: classes *including* the background class (C).
+        num_classes: scores of the class softmax, *including* the background (the lessons' C + 1).
         feature_channels: F; read from ``backbone.out_channels`` or its last ``nn.Conv2d`` when omitted.
 
     ``forward(images)`` returns the raw head output (B, A * (4 + C), H, W); `decode` turns it into boxes.
@@ -241,7 +244,7 @@ def decode(output: Tensor, anchors: Tensor, stride: float, num_classes: int) -> 
         output: (B, A * (4 + C), H, W) raw head output (layout in the module docstring).
         anchors: (A, 2) anchor (w, h) in pixels.
         stride: pixels per grid cell (input size / grid size, 32 for five stride-2 stages).
-        num_classes: C, background included.
+        num_classes: scores of the class softmax, background included (the lessons' C + 1).
     Returns:
         boxes_cxcywh: (B, H * W * A, 4) ``(cx, cy, w, h)`` in pixels,
         class_probs: (B, H * W * A, C), a softmax over the *class* axis (each row sums to 1).

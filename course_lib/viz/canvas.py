@@ -17,6 +17,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 
 __all__ = [
     "Color",
@@ -36,9 +37,11 @@ EXTRA_SATURATION, EXTRA_VALUE = 0.75, 0.9
 #: Text on a coloured label box is black above this luminance, white below.
 DARK_TEXT_LUMINANCE = 0.6
 FIGURE_WIDTH_INCHES = 5.0
-#: A label's height, in font sizes (the text and its padded background).
-LABEL_LINE_HEIGHT = 1.8
-POINTS_PER_INCH = 72.0
+#: The coloured patch behind a label: its margin around the text (points) and its opacity.
+LABEL_PAD_POINTS = 1.5
+LABEL_ALPHA = 0.85
+#: A label wider than its axes is shrunk to this fraction of the room (text metrics do not scale exactly).
+LABEL_SHRINK_MARGIN = 0.95
 
 
 # -- colours -------------------------------------------------------------------------------------
@@ -176,12 +179,52 @@ def _add_box(ax: Axes, box: Sequence[float], color: Color | str, linewidth: floa
                                   linewidth=linewidth, **style))
 
 
-def _add_label(ax: Axes, box: Sequence[float], text: str, color: Color | str, fontsize: float) -> None:
-    """Text on a patch of the box's colour, just above its top-left corner (inside if no room above)."""
-    x1, y1 = float(box[0]), float(box[1])
-    rgb = to_rgb(color)
-    # Display coordinates grow upwards: room above = axes top - box top, compared with one text line.
-    room_above = ax.transAxes.transform((0.0, 1.0))[1] - ax.transData.transform((x1, y1))[1]
-    inside = room_above < LABEL_LINE_HEIGHT * fontsize * ax.figure.dpi / POINTS_PER_INCH
-    ax.text(x1, y1, text, fontsize=fontsize, color=_text_color(rgb), va="top" if inside else "bottom",
-            ha="left", clip_on=True, bbox={"facecolor": rgb, "edgecolor": "none", "alpha": 0.85, "pad": 1.5})
+class _BoxLabel(Text):
+    """A box's label that keeps itself inside the axes, placed again at every draw.
+
+    Preferred place: just above the box's top-left corner. With no room above it goes inside the box,
+    under its top edge; a label that would leave the axes on the right moves left, one that would
+    leave at the bottom moves up, and one wider than the axes gets a smaller font. The place depends
+    on the axes' size on screen, which layout steps (``tight_layout``, a saved figure's dpi) change
+    after drawing: hence the work happens in ``draw``.
+    """
+
+    def __init__(self, box: Sequence[float], text: str, fontsize: float, color: Color | str) -> None:
+        rgb = to_rgb(color)
+        super().__init__(float(box[0]), float(box[1]), text, fontsize=fontsize, color=_text_color(rgb),
+                         ha="left", va="bottom", clip_on=False,
+                         bbox={"facecolor": rgb, "edgecolor": "none", "alpha": LABEL_ALPHA, "pad": LABEL_PAD_POINTS})
+        self._box = tuple(float(v) for v in box)
+        self._fontsize = fontsize
+
+    def place(self, renderer) -> None:
+        """Move the label (in data coordinates) so that it and its coloured patch lie inside the axes."""
+        ax = self.axes
+        x1, y1, x2, y2 = self._box
+        corners = ax.transData.transform([(x1, y1), (x2, y2)])          # display: y grows upwards
+        left, top = corners[:, 0].min(), corners[:, 1].max()
+        self.set_position((x1, y1))                                     # measure the text where it is
+        self.set_fontsize(self._fontsize)
+        pad = renderer.points_to_pixels(LABEL_PAD_POINTS)
+        frame = ax.bbox
+        width = super().get_window_extent(renderer).width + 2 * pad
+        if width > frame.width:  # a label wider than a small picture: shrink the font to fit
+            self.set_fontsize(self._fontsize * LABEL_SHRINK_MARGIN * (frame.width - 2 * pad) / (width - 2 * pad))
+        size = super().get_window_extent(renderer)
+        width, height = size.width + 2 * pad, size.height + 2 * pad
+        bottom = top if top + height <= frame.y1 else top - height  # above the box, else inside it
+        left = min(left, frame.x1 - width)                            # shift left at the right edge
+        left, bottom = max(left, frame.x0), max(bottom, frame.y0)    # never past the left or bottom
+        self.set_position(ax.transData.inverted().transform((left + pad, bottom + pad)))
+
+    def draw(self, renderer) -> None:
+        if self.axes is not None and self.get_visible():
+            self.place(renderer)
+        super().draw(renderer)
+
+
+def _add_label(ax: Axes, box: Sequence[float], text: str, color: Color | str, fontsize: float) -> Text:
+    """Text on a patch of the box's colour above its top-left corner, kept inside the axes (`_BoxLabel`)."""
+    label = _BoxLabel(box, text, fontsize, color)
+    ax.add_artist(label)  # a Text: listed in ax.texts like ax.text's
+    return label
