@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from course_lib.detection.train_shapes_ssd import ShapesRecipe, shapes_tensors, train_shapes_ssd
+from course_lib.detection.train_shapes_ssd import ShapesRecipe, shapes_tensors, fit_shapes_ssd
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
         data = (*shapes_tensors("train", recipe.train_images, recipe.image_size, seed),
                 *shapes_tensors("val", recipe.val_images, recipe.image_size, seed))
         for classification in ("bce", "focal"):
-            _, _, m = train_shapes_ssd(replace(recipe, classification=classification), progress=False, data=data)
+            _, _, m = fit_shapes_ssd(replace(recipe, classification=classification), progress=False, data=data)
             rows.append((classification, seed, m))
     load_after = os.getloadavg()[0]
 

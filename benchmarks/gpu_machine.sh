@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The course's GPU checks on a lent GPU machine that has torch but no network, in two parts:
 #
-#   video    tests/test_cuda.py's detector and video tests (-m "cuda and not grading"), then
+#   video    tests/project/test_cuda.py's detector and video tests (-m "cuda and not grading"), then
 #            benchmarks/video_detection.py on cuda and on the machine's CPU (with the GPU/CPU ratio)
-#   grading  tests/test_cuda.py's grading tests (-m "cuda and grading"): `course doctor` on a Dask GPU
+#   grading  tests/project/test_cuda.py's grading tests (-m "cuda and grading"): `course doctor` on a Dask GPU
 #            worker and the six solutions graded by `course grade --executor dask --gpus-per-task 1`
 #
 # The machine lacks what these need (imageio-ffmpeg, pycocotools, torchinfo; nbgrader, nbclient,
@@ -495,7 +495,7 @@ setup_sandbox_tools() {  # DIR: bubblewrap from the carried .deb where the machi
   local tool; for tool in bwrap prlimit setpriv; do
     echo "$tool: $(command -v "$tool" || echo 'not found')"
   done
-  if command -v bwrap >/dev/null 2>&1; then  # the probe tests/test_cuda.py makes to choose the sandbox
+  if command -v bwrap >/dev/null 2>&1; then  # the probe tests/project/test_cuda.py makes to choose the sandbox
     local probe
     if probe=$(bwrap --ro-bind / / --unshare-all true 2>&1); then
       echo "bwrap starts a sandbox here: the tests grade with --sandbox required"
@@ -572,7 +572,7 @@ run_part() {
   install_wheels "$dir"
   STEPS+=("install|done|$(( SECONDS - start ))")
   report_machine
-  local pytest=("$PY" -m pytest tests/test_cuda.py -p no:cacheprovider --durations=5)
+  local pytest=("$PY" -m pytest tests/project/test_cuda.py -p no:cacheprovider --durations=5)
   if [[ $part == video ]]; then
     preflight_video
     run_step test tests-video 240 "${pytest[@]}" -m "cuda and not grading"

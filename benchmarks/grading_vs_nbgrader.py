@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from course_lib.grading.coursedir import Assignment, generate_assignment, write_course_config  # noqa: E402
-from course_lib.grading.environment import isolated_environment  # noqa: E402
+from course_grader.coursedir import Assignment, generate_assignment, write_course_config  # noqa: E402
+from course_grader.environment import isolated_environment  # noqa: E402
 
 
 def build_class(submitted: Path, source: Path, copies: int) -> list[str]:
@@ -50,7 +50,7 @@ def plain_nbgrader(course_dir: Path, source: Path, students: list[str]) -> float
 
 def course_grade(submitted: Path, course_dir: Path, workers: int, cold: bool = False) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "course_lib.grading.cli", "grade", str(submitted), "--course-dir",
+    subprocess.run([sys.executable, "-m", "course_grader.cli", "grade", str(submitted), "--course-dir",
                     str(course_dir), "--workers", str(workers), "--no-progress", *(["--cold-kernels"] if cold else [])],
                    cwd=ROOT, check=True, capture_output=True, text=True)
     return time.perf_counter() - started

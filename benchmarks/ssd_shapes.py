@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import torch
 
-from course_lib.detection.train_shapes_ssd import ShapesRecipe, train_shapes_ssd
+from course_lib.detection.train_shapes_ssd import ShapesRecipe, fit_shapes_ssd
 
 TARGET_MAP_50 = 0.90
 TARGET_SECONDS = 300.0
@@ -33,7 +33,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = replace(defaults, steps=args.steps, seed=args.seed)
     load_before = os.getloadavg()[0]
-    _, _, m = train_shapes_ssd(recipe, progress=False)
+    _, _, m = fit_shapes_ssd(recipe, progress=False)
     load_after = os.getloadavg()[0]
 
     print(f"# Shapes SSD on {platform.processor() or platform.machine()}, torch {torch.__version__}, "

@@ -30,7 +30,7 @@ from course_lib.detection.faster_rcnn.train_shapes import (
 )
 from course_lib.detection.ssd import load_shapes_ssd
 from course_lib.detection.train_shapes_ssd import QUICK_RECIPE as SSD_QUICK_RECIPE
-from course_lib.detection.train_shapes_ssd import ShapesRecipe, evaluate_ssd, shapes_tensors, train_shapes_ssd
+from course_lib.detection.train_shapes_ssd import ShapesRecipe, evaluate_ssd, shapes_tensors, fit_shapes_ssd
 
 #: mAP's score threshold: both detectors keep every detection the metric sees.
 SCORE_THRESHOLD = 0.05
@@ -70,7 +70,7 @@ def main() -> None:
     trained = {}
     if args.retrain or args.quick:
         torch.set_num_threads(args.train_threads)
-        ssd, _, ssd_train = train_shapes_ssd(ssd_recipe, progress=False)
+        ssd, _, ssd_train = fit_shapes_ssd(ssd_recipe, progress=False)
         frcnn, _, frcnn_train = train_shapes_faster_rcnn(frcnn_recipe, progress=False)
         trained = {"SSD": ssd_train["train_seconds"], "Faster R-CNN": frcnn_train["train_seconds"]}
     else:

@@ -63,6 +63,14 @@ __all__ = [
 ]
 
 
+#: Names listed in a one-line message about missing or unexpected parameters (the rest as "...").
+MAX_NAMES_SHOWN = 4
+
+
+def _names(names) -> str:
+    return ", ".join(names[:MAX_NAMES_SHOWN]) + (" ..." if _len(names) > MAX_NAMES_SHOWN else "")
+
+
 class CheckFailed(AssertionError):
     """A visible test found a wrong answer; the message says what was expected (and a hint)."""
 
@@ -272,9 +280,9 @@ def check_same_parameters(question: str, module, reference, what: str = "your mo
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+            parts.append(f"missing {_names(missing)}")
         if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}")
+            parts.append(f"unexpected {_names(unexpected)}")
         _fail(question, f"{what} has other layer names than expected ({'; '.join(parts)})", hint)
     wrong = [name for name in want if got[name] != want[name]]
     if wrong:

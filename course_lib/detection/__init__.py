@@ -4,7 +4,7 @@ The detectors have modules (and one package) of their own: ``yolo`` (lesson 3), 
 ``faster_rcnn`` (lesson 5), ``pretrained`` (torchvision's detectors, lesson 6).
 
 Boxes are ``(x1, y1, x2, y2)`` in pixels unless a name says otherwise. Each module is about one
-idea; import from the module (``from course_lib.detection.nms import nms``) or from here.
+idea; import from the module (``from course_lib.detection.suppression import nms``) or from here.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from .matching import (
     match_anchors,
     sample_labels,
 )
-from .nms import batched_nms, nms
+from .suppression import batched_nms, nms
 from .roi import roi_pool, rois_from_boxes
 from .ssd import SSD, SSDConfig, load_shapes_ssd, ssd_loss
 from .mot_metrics import ClearMOT, ClearMOTAccumulator, clear_mot

@@ -17,6 +17,7 @@ __all__ = [
     "NEGATIVE",
     "IGNORE",
     "match_anchors",
+    "match_iou_matrix",
     "label_anchors",
     "sample_labels",
 ]
@@ -50,16 +51,40 @@ def _check_ious(ious) -> Tensor:
 def _best_anchor_of_each_gt(ious: Tensor) -> tuple[Tensor, Tensor]:
     """Anchors that are some ground truth's best match, and which ground truth they get.
 
-    ious: (G, A), G >= 1  ->  (forced (A,) bool, gt_index (A,) int64).
+    ious: (..., G, A), G >= 1  ->  (forced (..., A) bool, gt_index (..., A) int64).
     Every anchor reaching a ground truth's highest IoU counts (ties included, like
     torchvision's ``allow_low_quality_matches``); a ground truth that overlaps no anchor at
-    all (best IoU 0) forces nothing. An anchor that is the best of several ground truths
-    goes to the one it overlaps most.
+    all (best IoU 0), or a padding row (IoU < 0), forces nothing. An anchor that is the best of
+    several ground truths goes to the one it overlaps most (on a tie, the lower index).
     """
-    best_per_gt = ious.max(dim=1, keepdim=True).values  # (G, 1)
-    is_best = (ious == best_per_gt) & (best_per_gt > 0)  # (G, A)
-    gt_index = torch.where(is_best, ious, torch.full_like(ious, -1.0)).argmax(dim=0)
-    return is_best.any(dim=0), gt_index
+    best_per_gt = ious.max(dim=-1, keepdim=True).values  # (..., G, 1)
+    is_best = (ious == best_per_gt) & (best_per_gt > 0)  # (..., G, A)
+    gt_index = torch.where(is_best, ious, torch.full_like(ious, -1.0)).argmax(dim=-2)
+    return is_best.any(dim=-2), gt_index
+
+
+def match_iou_matrix(ious: Tensor, iou_threshold: float = 0.5, *, low_threshold: float | None = None) -> Tensor:
+    """The matching rule of `match_anchors` on IoUs already computed, for one image or a batch.
+
+    ious: (..., G, A) with G >= 1, e.g. ``box_iou(gt_boxes, anchors)`` (G, A), or (B, G, A) for a
+    padded batch where padding rows hold a negative IoU (they never match and force nothing)
+    ->  (..., A) int64 in {-2, -1, 0, ..., G-1}. `match_anchors` and SSD's batched matching
+    (`course_lib.detection.ssd.match_anchors_batched`) both call this function: the rule lives here.
+    """
+    _check_tensor(ious, "ious")
+    if ious.dim() < 2 or ious.shape[-2] == 0:
+        raise ValueError(f"ious must have shape (..., G, A) with G >= 1, got {tuple(ious.shape)}")
+    high = _check_threshold(iou_threshold, "iou_threshold")
+    low = high if low_threshold is None else _check_threshold(low_threshold, "low_threshold")
+    if low > high:
+        raise ValueError(f"low_threshold ({low}) must not exceed iou_threshold ({high})")
+    if ious.shape[-1] == 0:  # no anchors: nothing to match (max over an empty axis is undefined)
+        return torch.empty(ious.shape[:-2] + (0,), dtype=torch.int64, device=ious.device)
+    best_iou, matches = ious.max(dim=-2)  # (..., A); ties: the first ground truth
+    matches = torch.where(best_iou < low, BELOW_LOW_THRESHOLD, matches)
+    matches = torch.where((best_iou >= low) & (best_iou < high), BETWEEN_THRESHOLDS, matches)
+    forced, forced_gt = _best_anchor_of_each_gt(ious)
+    return torch.where(forced, forced_gt, matches)
 
 
 def match_anchors(gt_boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5,
@@ -72,7 +97,8 @@ def match_anchors(gt_boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5,
        [low_threshold, iou_threshold) becomes `BETWEEN_THRESHOLDS` (-2, ignored);
     2. then each ground truth's best anchor is matched to it whatever its IoU, so that every
        object gets an anchor (SSD's rule) unless two objects share a best anchor: it goes to
-       the one it overlaps most (see `_best_anchor_of_each_gt`, also for ties).
+       the one it overlaps most (see `_best_anchor_of_each_gt`, also for ties). The rule itself
+       is `match_iou_matrix`, shared with SSD's batched matching.
 
     gt_boxes: (G, 4) xyxy, anchors: (A, 4) xyxy  ->  (A,) int64 in {-2, -1, 0, ..., G-1}.
     """
@@ -87,13 +113,7 @@ def match_anchors(gt_boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5,
     num_anchors = anchors.shape[0]
     if gt_boxes.shape[0] == 0 or num_anchors == 0:
         return torch.full((num_anchors,), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=anchors.device)
-
-    ious = box_iou(gt_boxes, anchors)  # (G, A)
-    best_iou, matches = ious.max(dim=0)  # ties: the first ground truth
-    matches = torch.where(best_iou < low, BELOW_LOW_THRESHOLD, matches)
-    matches = torch.where((best_iou >= low) & (best_iou < high), BETWEEN_THRESHOLDS, matches)
-    forced, forced_gt = _best_anchor_of_each_gt(ious)
-    return torch.where(forced, forced_gt, matches)
+    return match_iou_matrix(box_iou(gt_boxes, anchors), high, low_threshold=low)  # ious (G, A)
 
 
 def label_anchors(ious: Tensor, pos: float = 0.7, neg: float = 0.3) -> Tensor:

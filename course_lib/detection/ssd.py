@@ -1,8 +1,11 @@
 """SSD: a single-shot detector with a grid of anchors per feature map, its loss and its inference.
 
 The model follows the lesson: a small convolutional backbone, then a head that reduces the feature
-map to a 4x4 grid (then 2x2 and 1x1 for the multi-scale version). At every grid cell, for each of
-its ``k`` anchors, one 3x3 convolution predicts ``C + 1`` class scores and another 4 box numbers;
+map to a 4x4 grid (then 2x2 and 1x1 for the multi-scale version) with stride-2 convolutions stacked
+on the backbone's last feature map, the original fastai lesson's design (the SSD paper instead reads
+predictions off feature maps of several scales, two of them the backbone's own). At every grid cell,
+for each of its ``k`` anchors, one 3x3 convolution predicts ``C + 1`` class scores (``C`` object
+classes, the background at index 0) and another 4 box numbers;
 `flatten_conv` lays them out as ``(B, anchors, C + 1)`` and ``(B, anchors, 4)``, anchors in the
 row-major order of `course_lib.detection.anchors.grid_anchors`.
 
@@ -36,11 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..shipped import missing_file_message, shipped_file
 from .anchors import SSD_GRID_SIZES, SSD_RATIOS, SSD_ZOOMS, grid_anchors
 from .boxes import box_iou, decode_boxes, encode_boxes
 from .losses import focal_loss, smooth_l1_loss
-from .matching import match_anchors
-from .nms import batched_nms
+from .matching import match_anchors, match_iou_matrix
+from .suppression import batched_nms
 
 __all__ = [
     "SSDConfig",
@@ -69,6 +73,8 @@ __all__ = [
 
 #: SSD's box-coding weights (the paper's "variances" 0.1, 0.1, 0.2, 0.2, inverted).
 SSD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+#: The IoU given to padding rows of a batch of targets: below any real IoU, so they never match.
+PADDING_IOU = -1.0
 #: One matching threshold for the whole lesson (the original walkthrough's 0.5; its code used 0.4).
 MATCH_IOU_THRESHOLD = 0.5
 #: Initial probability of every class at every anchor: almost all anchors are background, so the
@@ -79,7 +85,7 @@ SMOOTH_L1_BETA = 1.0 / 9.0
 BOX_CODINGS = ("tanh", "deltas")
 CLASSIFICATION_LOSSES = ("bce", "focal")
 #: Where `load_shapes_ssd` finds the course's trained shapes detector.
-SHAPES_SSD_PATH = Path(__file__).resolve().parents[2] / "data" / "ssd_shapes.pt"
+SHAPES_SSD_PATH = shipped_file("ssd_shapes.pt")
 
 
 # --- the network ------------------------------------------------------------------------------
@@ -372,21 +378,18 @@ def match_anchors_batched(gt_boxes: torch.Tensor, gt_valid: torch.Tensor, anchor
     """`match_anchors` for a whole padded batch at once: the same rule, no loop over images.
 
     gt_boxes: (B, G, 4) xyxy, gt_valid: (B, G) bool (False = padding), anchors: (A, 4)
-    -> (B, A) int64: object index or -1 (background). Tests check it against `match_anchors`.
+    -> (B, A) int64: object index or -1 (background). The rule is `match_iou_matrix`, the very
+    function `match_anchors` calls; padding rows get IoU -1, so they never match and force nothing.
     """
     batch, num_gt = gt_valid.shape
+    if gt_boxes.shape != (batch, num_gt, 4):
+        raise ValueError(f"gt_boxes must be (B, G, 4) = ({batch}, {num_gt}, 4) like gt_valid (B, G), "
+                         f"got {tuple(gt_boxes.shape)}")
     if num_gt == 0:
         return torch.full((batch, anchors.shape[0]), -1, dtype=torch.int64, device=anchors.device)
     ious = box_iou(gt_boxes.reshape(-1, 4), anchors).reshape(batch, num_gt, -1)  # (B, G, A)
-    ious = ious.masked_fill(~gt_valid[..., None], -1.0)  # padding never matches
-    best_iou, matches = ious.max(dim=1)  # (B, A); ties: the first object
-    matches = torch.where(best_iou >= iou_threshold, matches, torch.full_like(matches, -1))
-    # Every object's best anchor (all of them on ties) is forced to it; an anchor that is the best of
-    # several objects goes to the one it overlaps most.
-    best_per_gt = ious.max(dim=2, keepdim=True).values  # (B, G, 1)
-    is_best = (ious == best_per_gt) & (best_per_gt > 0)
-    forced_gt = torch.where(is_best, ious, torch.full_like(ious, -1.0)).argmax(dim=1)  # (B, A)
-    return torch.where(is_best.any(dim=1), forced_gt, matches)
+    ious = ious.masked_fill(~gt_valid[..., None], PADDING_IOU)
+    return match_iou_matrix(ious, iou_threshold)
 
 
 def gather_matches(matches: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor
@@ -519,9 +522,8 @@ def load_ssd(path: str | Path, map_location: str | torch.device = "cpu") -> SSD:
 
 def load_shapes_ssd(device: str | torch.device = "cpu", path: str | Path | None = None) -> SSD:
     """The course's trained shapes detector (``data/ssd_shapes.pt``), in eval mode on ``device``."""
-    path = Path(path) if path is not None else SHAPES_SSD_PATH
+    searched, path = path is None, Path(path) if path is not None else SHAPES_SSD_PATH
     if not path.is_file():
-        raise FileNotFoundError(
-            f"trained shapes SSD not found at {path}; recreate it with "
-            f"`python -m course_lib.detection.train_shapes_ssd --out {path}`")
+        raise FileNotFoundError(missing_file_message(path, "the trained shapes SSD",
+                                                     "python -m course_lib.detection.train_shapes_ssd", searched))
     return load_ssd(path, map_location=device)

@@ -22,12 +22,16 @@ from .evaluate import mean_average_precision, predict, recall_by_size
 from .ssd import SSD, SSDConfig, save_ssd
 from .train import DetectionBatches, TrainHistory, fit
 
-__all__ = ["ShapesRecipe", "QUICK_RECIPE", "shapes_tensors", "train_shapes_ssd", "evaluate_ssd", "main"]
+__all__ = ["ShapesRecipe", "QUICK_RECIPE", "shapes_tensors", "fit_shapes_ssd", "evaluate_ssd", "main"]
 
 #: Objects smaller than one cell of the 4x4 grid (16 px on 64 px images) count as "small".
 SMALL_OBJECT_EDGES = (0.0, 16.0, 32.0, float("inf"))
 #: Score threshold for counting an object as found in recall figures (mAP uses every score).
 RECALL_SCORE_THRESHOLD = 0.3
+
+
+#: CPU threads the command-line training uses (the shipped weights were trained with 2).
+DEFAULT_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def evaluate_ssd(model: SSD, images: torch.Tensor, targets: list[dict[str, torch
     return metrics
 
 
-def train_shapes_ssd(recipe: ShapesRecipe = ShapesRecipe(), progress: bool = True, data=None,
+def fit_shapes_ssd(recipe: ShapesRecipe = ShapesRecipe(), progress: bool = True, data=None,
                      device: torch.device | str = "cpu") -> tuple[SSD, TrainHistory, dict[str, float]]:
     """Draw the data, train an SSD by ``recipe``, evaluate it on the val split.
 
@@ -136,14 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--box-coding", choices=("deltas", "tanh"), default=defaults.box_coding)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"CPU threads for torch (default {DEFAULT_THREADS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     recipe = replace(defaults, steps=args.steps, train_images=args.train_images, val_images=args.val_images,
                      classification=args.classification, box_coding=args.box_coding, lr=args.lr, seed=args.seed)
-    model, history, metrics = train_shapes_ssd(recipe, progress=not args.quiet)
+    model, history, metrics = fit_shapes_ssd(recipe, progress=not args.quiet)
     print(f"data {metrics['data_seconds']:.0f} s, training {metrics['train_seconds']:.0f} s, "
           f"evaluation {metrics['eval_seconds']:.0f} s on {torch.get_num_threads()} CPU threads")
     print(TABLE_HEADER)

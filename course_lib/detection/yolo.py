@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .anchors import wh_iou
 from .boxes import box_convert, clip_boxes
-from .nms import batched_nms
+from .suppression import batched_nms
 
 __all__ = [
     "BOX_CHANNELS",

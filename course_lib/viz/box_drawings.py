@@ -65,7 +65,7 @@ def draw_boxes(
     label_array = _vector(labels, n, "labels")
     score_array = _vector(scores, n, "scores")
     if colors is None:
-        box_colors = [class_color(int(l)) for l in label_array] if label_array is not None else [TAB10[0]] * n
+        box_colors = [class_color(int(label)) for label in label_array] if label_array is not None else [TAB10[0]] * n
     elif isinstance(colors, str) or (len(colors) in (3, 4) and all(isinstance(c, (int, float)) for c in colors)):
         box_colors = [colors] * n
     else:

@@ -93,7 +93,7 @@ class RPNThresholdDemo:
 
     def kept_proposals(self, nms_threshold: float) -> torch.Tensor:
         """Indices (best first) of the proposals NMS keeps at ``nms_threshold``, at most ``post_nms_top_n``."""
-        from ..detection.nms import nms
+        from ..detection.suppression import nms
 
         key = round(float(nms_threshold), 6)
         if key not in self._kept:

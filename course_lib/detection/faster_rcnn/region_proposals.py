@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..boxes import _check_boxes, _check_same_device, _check_tensor, clip_boxes, decode_boxes
-from ..nms import nms
+from ..suppression import nms
 from .rpn import RPN_BOX_WEIGHTS, _check_choice, _check_count, objectness_logits
 
 __all__ = [

@@ -17,7 +17,7 @@ from torchvision.ops import roi_align
 
 from ..boxes import _check_boxes, _check_same_device, _check_tensor, box_iou, clip_boxes, decode_boxes, encode_boxes
 from ..matching import IGNORE, sample_labels
-from ..nms import batched_nms
+from ..suppression import batched_nms
 from ..roi import roi_pool, rois_from_boxes
 from .region_proposals import _image_sizes
 from .rpn import _check_choice

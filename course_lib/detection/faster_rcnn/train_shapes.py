@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...data.shapes import CLASSES
+from ...shipped import missing_file_message, shipped_file
 from ..evaluate import mean_average_precision, predict, recall_by_size
 from ..train import DetectionBatches, TrainHistory, fit
 from ..train_shapes_ssd import RECALL_SCORE_THRESHOLD, SMALL_OBJECT_EDGES, shapes_tensors
@@ -43,7 +44,7 @@ __all__ = ["ShapesFasterRCNNRecipe", "QUICK_RECIPE", "SHAPES_FASTER_RCNN_PATH", 
            "shapes_faster_rcnn_detector", "main"]
 
 #: Where `load_shapes_faster_rcnn` finds the course's trained two-stage shapes detector.
-SHAPES_FASTER_RCNN_PATH = Path(__file__).resolve().parents[3] / "data" / "faster_rcnn_shapes.pt"
+SHAPES_FASTER_RCNN_PATH = shipped_file("faster_rcnn_shapes.pt")
 #: The command that writes it (the file stores the exact command line it was made with).
 COMMAND = "python -m course_lib.detection.faster_rcnn.train_shapes"
 
@@ -194,10 +195,9 @@ def save_shapes_faster_rcnn(model: TwoStageDetector, path: str | Path, recipe: S
 def load_shapes_faster_rcnn(device: str | torch.device = "cpu", path: str | Path | None = None) -> TwoStageDetector:
     """The course's trained two-stage shapes detector (``data/faster_rcnn_shapes.pt``), in eval mode
     on ``device``; ``model.metadata`` holds its recipe, metrics, loss history and command."""
-    path = Path(path) if path is not None else SHAPES_FASTER_RCNN_PATH
+    searched, path = path is None, Path(path) if path is not None else SHAPES_FASTER_RCNN_PATH
     if not path.is_file():
-        raise FileNotFoundError(f"trained shapes Faster R-CNN not found at {path}; recreate it with "
-                                f"`{COMMAND} --out {path}`")
+        raise FileNotFoundError(missing_file_message(path, "the trained shapes Faster R-CNN", COMMAND, searched))
     return load_faster_rcnn(path, map_location=device)
 
 
