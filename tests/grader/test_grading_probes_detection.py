@@ -7,8 +7,6 @@ judges what they printed. One test grades real notebooks end to end in the sandb
 from __future__ import annotations
 
 import copy
-import functools
-import json
 import re
 import tempfile
 from pathlib import Path
@@ -23,7 +21,10 @@ from course_grader.audit import audit_cells
 from course_grader.probes import PROBES, ssd, yolo_decoding
 from course_grader.submission import cell_kind, grade_id
 from course_grader.probes import calls_for
-from course_grader.verdicts import by_question, encode, judge, payload, results_in_process
+from course_grader.verdicts import encode, judge
+
+from probe_checks import grader_calls, printed as _printed, solution_answers, solution_source, verdicts
+from probe_checks import with_mistake as _with_mistake
 
 pytestmark = pytest.mark.sandbox
 
@@ -37,44 +38,12 @@ SEEDS = range(12)
 MAX_PRINTED_BYTES = 200_000
 
 
-def _source(assignment: str) -> nbformat.NotebookNode:
-    return nbformat.read(ROOT / "solutions" / f"{assignment}.ipynb", as_version=4)
-
-
-def _answers(assignment: str) -> dict:
-    """The solution's set-up and answer cells run into one namespace, as a kernel would."""
-    namespace: dict = {}
-    cells = [c for c in _source(assignment).cells if c.cell_type == "code" and grade_id(c)]
-    for cell in cells:
-        if grade_id(cell) == "setup" or cell_kind(cell) == "answer":
-            exec(cell.source, namespace)  # noqa: S102 - the test plays the student's kernel
-    return namespace
+_source, _answers, _calls, _verdicts = solution_source, solution_answers, grader_calls, verdicts
 
 
 @pytest.fixture(scope="module")
 def solutions() -> dict[str, dict]:
     return {assignment: _answers(assignment) for assignment in ASSIGNMENTS}
-
-
-def _printed(calls, namespace: dict) -> tuple[dict, dict[str, int]]:
-    """What the verdict process would report (computed here, in-process) and, per question, the bytes
-    of data that cross between it and the grader (the calls and their results)."""
-    outputs = results_in_process(calls, dict(namespace))
-    sizes = {question: len(json.dumps([payload(c) for c in group])) + len(json.dumps(outputs[question]))
-             for question, group in by_question(calls).items()}
-    return outputs, sizes
-
-
-@functools.lru_cache(maxsize=None)
-def _calls(assignment: str, seed: int) -> tuple:
-    """The grader's calls (computed once per seed: tests only read them)."""
-    return tuple(calls_for(assignment, seed))
-
-
-def _verdicts(assignment: str, namespace: dict, seed: int, question: str | None = None) -> dict[str, str | None]:
-    """The grader's verdicts on ``namespace``'s answers (one question's only, if given)."""
-    calls = [c for c in _calls(assignment, seed) if question in (None, c.question)]
-    return judge(calls, _printed(calls, namespace)[0])
 
 
 # --- coverage -------------------------------------------------------------------------------------
@@ -550,13 +519,7 @@ def ssd_loss_one_image(class_logits, box_outputs, gt_boxes, gt_labels, anchors):
 }
 
 
-def _with_mistake(solution: dict, code: str) -> dict:
-    namespace = dict(solution)
-    for name, value in solution.items():
-        if callable(value) and not name.startswith("_"):
-            namespace[f"right_{name}"] = value
-    exec(code, namespace)  # noqa: S102
-    return namespace
+
 
 
 @pytest.mark.parametrize("mistake", list(MISTAKES))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import re
 import tempfile
 from pathlib import Path
@@ -25,7 +24,10 @@ from course_grader.probes import PROBES, faster_rcnn
 from course_grader.submission import cell_kind, grade_id
 from course_grader.probes import calls_for
 from course_grader.probe_types import Satisfies
-from course_grader.verdicts import by_question, encode, judge, payload, results_in_process
+from course_grader.verdicts import encode, judge
+
+from probe_checks import grader_calls, printed as _printed, solution_answers, solution_source, verdicts
+from probe_checks import with_mistake as _with_mistake
 
 pytestmark = pytest.mark.sandbox
 
@@ -54,44 +56,15 @@ def kernel_on_the_cpu(monkeypatch):
     monkeypatch.setenv("COURSE_DEVICE", "cpu")
 
 
-def _source() -> nbformat.NotebookNode:
-    return nbformat.read(ROOT / "solutions" / f"{ASSIGNMENT}.ipynb", as_version=4)
-
-
-@functools.lru_cache(maxsize=None)
-def _answers() -> dict:
-    """The solution's set-up and answer cells run into one namespace, as a kernel would."""
-    namespace: dict = {}
-    for cell in _source().cells:
-        if cell.cell_type == "code" and (grade_id(cell) == "setup" or cell_kind(cell) == "answer"):
-            exec(cell.source, namespace)  # noqa: S102 - the test plays the student's kernel
-    return namespace
+_source = functools.partial(solution_source, ASSIGNMENT)
+_answers = functools.partial(solution_answers, ASSIGNMENT)
+_calls = functools.partial(grader_calls, ASSIGNMENT)
+_verdicts = functools.partial(verdicts, ASSIGNMENT)
 
 
 @pytest.fixture(scope="module")
 def solution() -> dict:
     return _answers()
-
-
-def _printed(calls, namespace: dict) -> tuple[dict, dict[str, int]]:
-    """What the verdict process would report (computed here, in-process) and, per question, the bytes
-    of data that cross between it and the grader (the calls and their results)."""
-    outputs = results_in_process(calls, dict(namespace))
-    sizes = {question: len(json.dumps([payload(c) for c in group])) + len(json.dumps(outputs[question]))
-             for question, group in by_question(calls).items()}
-    return outputs, sizes
-
-
-@functools.lru_cache(maxsize=None)
-def _calls(seed: int) -> tuple:
-    """The grader's calls (computed once per seed: tests only read them)."""
-    return tuple(calls_for(ASSIGNMENT, seed))
-
-
-def _verdicts(namespace: dict, seed: int, question: str | None = None) -> dict[str, str | None]:
-    """The grader's verdicts on ``namespace``'s answers (one question's only, if given)."""
-    calls = [c for c in _calls(seed) if question in (None, c.question)]
-    return judge(calls, _printed(calls, namespace)[0])
 
 
 # --- coverage ---------------------------------------------------------------------------------------
@@ -511,14 +484,6 @@ def roi_max_pool(features, boxes, output_size=7, spatial_scale=1 / 16):
                                        r"roi_max_pool\(.*values differ"),
 }
 
-
-def _with_mistake(solution: dict, code: str) -> dict:
-    namespace = dict(solution)
-    for name, value in solution.items():
-        if callable(value) and not name.startswith("_"):
-            namespace[f"right_{name}"] = value
-    exec(code, namespace)  # noqa: S102
-    return namespace
 
 
 def test_there_are_many_typical_mistakes_on_every_question():

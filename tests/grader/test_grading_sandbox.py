@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import os
@@ -21,10 +20,10 @@ import torch
 from course_lib import checks
 from course_grader.audit import audit_cells, graded_cell_of
 from course_grader.record import Status
-from course_grader.kernel_manager import SandboxedKernelManager
 from course_grader.sandbox import (SANDBOX_UID_BASE, Limits, SandboxUnavailable, bwrap_problem, check_sandbox,
                                    describe_exit, sandboxed_command)
 from course_grader.submission import grade_id, match_stripped_cells, restore_cells
+from sandbox_kernels import run_in_kernel
 
 pytestmark = pytest.mark.sandbox
 
@@ -110,25 +109,6 @@ def test_exit_codes_are_named():
     assert describe_exit(None) == ""
 
 
-def _run_in_sandbox(code: str) -> str:
-    async def run() -> str:
-        km = SandboxedKernelManager(kernel_name="python3")
-        await km.start_kernel()
-        client = km.client()
-        client.start_channels()
-        printed: list[str] = []
-        try:
-            await client.wait_for_ready(timeout=120)
-            await client.execute_interactive(code, timeout=120, output_hook=lambda m: printed.append(
-                m["content"].get("text", "") + m["content"].get("evalue", "")))
-        finally:
-            client.stop_channels()
-            await km.shutdown_kernel(now=True)
-        return "".join(printed)
-
-    return asyncio.run(run())
-
-
 def test_a_sandboxed_kernel_sees_only_its_scratch_folder_and_no_network():
     problem = bwrap_problem()
     if problem:
@@ -148,7 +128,7 @@ except OSError:
     report["network"] = False
 print("REPORT", json.dumps(report))
 """
-    printed = _run_in_sandbox(probe)
+    printed, _ = run_in_kernel(probe, now=True)
     report = json.loads(printed.split("REPORT", 1)[1])
     assert set(report["course"]) <= {"course_lib", "course_grader", ".venv"}, report["course"]
     assert report["grader"] == ["__init__.py", "sandboxed"] and not report["grader_writable"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -12,8 +11,8 @@ import pytest
 
 from course_grader import warm
 from course_grader.sandboxed.kernel_factory import exit_code
-from course_grader.kernel_manager import SandboxedKernelManager
 from course_grader.sandbox import (SCRATCH_PREFIX, bwrap_problem, remove_stale_scratch, sandbox_uid)
+from sandbox_kernels import in_kernel, report_from_kernel, run_in_kernel
 
 pytestmark = [pytest.mark.sandbox,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")]
@@ -24,37 +23,6 @@ def _sandbox_available():
     problem = bwrap_problem()
     if problem:
         pytest.fail(f"the grader's sandbox cannot run here: {problem}")
-
-
-async def _in_kernel(work, *, warm_kernels: bool = True, now: bool = False, sandbox: str = "required"):
-    """Start a sandboxed kernel, ``await work(km, client)``, shut the kernel down (politely unless ``now``)."""
-    km = SandboxedKernelManager(kernel_name="python3", warm=warm_kernels, sandbox=sandbox)
-    await km.start_kernel()
-    client = km.client()
-    client.start_channels()
-    try:
-        await client.wait_for_ready(timeout=300)
-        return await work(km, client)
-    finally:
-        client.stop_channels()
-        await km.shutdown_kernel(now=now)  # politely, as nbclient does, keeps the factory
-
-
-def _run(code: str, *, warm_kernels: bool = True, timeout: float = 120, sandbox: str = "required") -> str:
-    """Run ``code`` in a new sandboxed kernel; what it printed (and the error, if any)."""
-    printed: list[str] = []
-
-    async def run(km, client) -> None:
-        await client.execute_interactive(code, timeout=timeout, output_hook=lambda m: printed.append(
-            m["content"].get("text", "") + m["content"].get("evalue", "")))
-
-    asyncio.run(_in_kernel(run, warm_kernels=warm_kernels, sandbox=sandbox))
-    return "".join(printed)
-
-
-def _report(code: str, **kwargs) -> dict:
-    printed = _run(code + "\nprint('REPORT', json.dumps(report))", **kwargs)
-    return json.loads(printed.split("REPORT", 1)[1])
 
 
 def _factories() -> list[warm.KernelFactory]:
@@ -91,9 +59,9 @@ except PermissionError:
 
 def test_kernels_are_forked_with_torch_loaded_from_one_reused_factory():
     before = set(_factories())  # earlier tests may have left factories for other configurations
-    first = _report(LOOK_AROUND)
+    first = report_from_kernel(LOOK_AROUND)
     after_first = set(_factories())
-    second = _report(LOOK_AROUND)
+    second = report_from_kernel(LOOK_AROUND)
     assert first["torch_loaded"] and second["torch_loaded"]
     assert len(after_first - before) <= 1
     assert set(_factories()) == after_first, "the second kernel should come from the same factory"
@@ -106,7 +74,7 @@ def test_kernels_are_forked_with_torch_loaded_from_one_reused_factory():
 
 def test_cold_kernels_still_start_without_the_factory():
     before = set(_factories())
-    report = _report(LOOK_AROUND, warm_kernels=False)
+    report = report_from_kernel(LOOK_AROUND, warm=False)
     assert report["torch_loaded"] is False
     assert set(_factories()) <= before, "a cold kernel must not start a factory"
 
@@ -123,9 +91,9 @@ with open("left-behind.txt", "w") as note:
     note.write("mine")
 report = {"cwd": os.getcwd(), "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}
 """
-    before = _report(leave)
+    before = report_from_kernel(leave)
     assert len(before["pids"]) >= 4, "the background process should have been running"
-    after = _report(LOOK_AROUND)
+    after = report_from_kernel(LOOK_AROUND)
     assert after["shared"] == []
     assert after["left_behind"] is False, "the previous kernel's files should be gone"
     if after["scratch_listing"] != "denied":  # as root the scratch folder cannot even be listed
@@ -135,17 +103,17 @@ report = {"cwd": os.getcwd(), "pids": sorted(int(p) for p in os.listdir("/proc")
 
 
 def test_a_kernel_killed_at_its_time_limit_takes_its_factory_along_and_the_next_one_is_fresh():
-    _report(LOOK_AROUND)
+    report_from_kernel(LOOK_AROUND)
     factory = _factories()[0]
 
     async def stuck(km, client) -> None:
         client.execute("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass")
         await asyncio.sleep(1)
 
-    asyncio.run(_in_kernel(stuck, now=True))
+    asyncio.run(in_kernel(stuck, now=True))
     assert not factory.alive
     assert not factory.root.exists()
-    report = _report(LOOK_AROUND)
+    report = report_from_kernel(LOOK_AROUND)
     assert report["torch_loaded"]
     assert factory not in _factories()
 
@@ -159,9 +127,9 @@ def test_a_kernel_that_exits_is_reported_with_its_code_and_the_factory_carries_o
             await asyncio.sleep(0.05)
         return km.exit_code
 
-    assert asyncio.run(_in_kernel(exit_seven)) == 7
+    assert asyncio.run(in_kernel(exit_seven)) == 7
     factory = _factories()[0]
-    assert _report(LOOK_AROUND)["torch_loaded"]
+    assert report_from_kernel(LOOK_AROUND)["torch_loaded"]
     assert factory in _factories()
 
 
@@ -198,11 +166,11 @@ def test_with_limits_only_the_factory_cleans_nothing_of_the_machines():
     """Outside the sandbox /tmp is everybody's: what appears there while kernels come and go stays."""
     import tempfile
 
-    assert "ran" in _run("print('ran')", sandbox="rlimits")
+    assert "ran" in run_in_kernel("print('ran')", sandbox="rlimits")[0]
     outsider = Path(tempfile.mkdtemp(prefix="not-the-graders-"))
     try:
-        assert "ran" in _run("print('ran')", sandbox="rlimits")
-        assert "ran" in _run("print('ran')", sandbox="rlimits")
+        assert "ran" in run_in_kernel("print('ran')", sandbox="rlimits")[0]
+        assert "ran" in run_in_kernel("print('ran')", sandbox="rlimits")[0]
         assert outsider.exists(), "the factory removed a folder of the machine's /tmp"
     finally:
         outsider.rmdir()
