@@ -238,10 +238,8 @@ def prepare_scratch(scratch: Path, uid: int | None) -> None:
     for sub in ("work", "home/.matplotlib", "tmp", "runtime"):
         (scratch / sub).mkdir(parents=True, exist_ok=True)
     # matplotlib builds a font list on first use (seconds): give the kernel the grader's copy.
-    grader_mpl = os.environ.get("MPLCONFIGDIR")
-    if grader_mpl and Path(grader_mpl).is_dir():
-        for cache in Path(grader_mpl).glob("fontlist-*.json"):
-            shutil.copyfile(cache, scratch / "home" / ".matplotlib" / cache.name)
+    for cache in font_caches():  # in the bubblewrap sandbox `private_mounts` binds them instead
+        shutil.copyfile(cache, scratch / "home" / ".matplotlib" / cache.name)
     if uid is not None:
         for folder, _, files in os.walk(scratch):
             os.chown(folder, uid, uid)
