@@ -135,9 +135,9 @@ def test_quick_mode_trains_and_says_so(executed, text):
 @pytest.mark.notebook
 def test_pascal_voc_section_with_a_local_copy(repo_root, tmp_path):
     """Section 14 alone, on a tiny data set in VOC's layout."""
-    from test_voc import _write_voc
+    from voc_layout import write_voc
 
-    root = _write_voc(tmp_path / "pascal")
+    root = write_voc(tmp_path / "pascal")
     nb = nbformat.read(repo_root / NOTEBOOK, as_version=4)
     start = next(i for i, c in enumerate(nb.cells) if c.source.startswith("## 13. Pascal VOC"))
     nb.cells = nb.cells[:3] + nb.cells[start:start + 2]  # title, Colab set-up, imports, then the VOC section

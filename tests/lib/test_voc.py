@@ -5,49 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from course_lib.data.voc import VOC_CLASSES, VOC_ROOT_ENV, VOCDetectionDataset, find_voc_root, parse_voc_target
-
-ANNOTATION = """<annotation>
-  <folder>VOC2007</folder>
-  <filename>{name}.jpg</filename>
-  <size><width>{width}</width><height>{height}</height><depth>3</depth></size>
-  {objects}
-</annotation>"""
-OBJECT = """<object>
-    <name>{name}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>{difficult}</difficult>
-    <bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox>
-  </object>"""
-
-# (image id, (width, height), objects as (class, xmin, ymin, xmax, ymax, difficult)), VOC's 1-based pixels.
-FIXTURE = [
-    ("000007", (200, 100), [("chair", 11, 21, 60, 80, 0), ("sofa", 101, 1, 200, 100, 0),
-                            ("diningtable", 50, 50, 70, 60, 1)]),
-    ("000012", (120, 160), [("car", 1, 1, 120, 160, 0)]),
-    ("000033", (80, 80), []),
-]
-
-
-def _write_voc(root: Path) -> Path:
-    base = root / "VOCdevkit" / "VOC2007"
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (base / sub).mkdir(parents=True)
-    for name, (width, height), objects in FIXTURE:
-        Image.new("RGB", (width, height), (120, 60, 30)).save(base / "JPEGImages" / f"{name}.jpg")
-        xml_objects = "\n".join(OBJECT.format(name=c, xmin=a, ymin=b, xmax=x, ymax=y, difficult=d)
-                                for c, a, b, x, y, d in objects)
-        (base / "Annotations" / f"{name}.xml").write_text(
-            ANNOTATION.format(name=name, width=width, height=height, objects=xml_objects))
-    ids = [name for name, _, _ in FIXTURE]
-    (base / "ImageSets" / "Main" / "train.txt").write_text("\n".join(ids[:2]) + "\n")
-    (base / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(ids) + "\n")
-    return root
+from voc_layout import write_voc
 
 
 @pytest.fixture()
 def voc_root(tmp_path) -> Path:
-    return _write_voc(tmp_path / "pascal")
+    return write_voc(tmp_path / "pascal")
 
 
 def test_class_list_has_background_first_and_twenty_classes():

@@ -158,3 +158,20 @@ def test_no_module_defines_a_function_or_class_of_its_own_name():
             if path.stem in {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}:
                 same.append(str(path.relative_to(ROOT)))
     assert same == []
+
+
+def test_a_test_imports_helpers_from_its_own_folder_or_the_shared_one_only():
+    """Each folder of tests runs on its own (`pytest tests/lessons`): no import reaches into another folder,
+    and no test imports another test file."""
+    tests = ROOT / "tests"
+    folders = {p.parent.name: p.parent for p in tests.glob("*/test_*.py")}
+    reaching = []
+    for folder in folders.values():
+        others = {p.stem for f in folders.values() if f != folder for p in f.glob("*.py")} - \
+            {p.stem for p in folder.glob("*.py")} - {p.stem for p in tests.glob("*.py")}
+        for path in folder.glob("*.py"):
+            for module in _imports(path, folder):
+                top = module.split(".")[0]
+                if top in others or top.startswith("test_"):
+                    reaching.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert reaching == []
