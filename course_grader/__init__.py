@@ -11,7 +11,8 @@ The `course` command (`cli`) drives it:
   bubblewrap with resource limits, `preprocessors` add per-cell time limits and output caps, survive
   a dead kernel and stop warnings from costing points, and `verdicts` compares the student's outputs
   on fresh inputs with the reference in the grader's own process;
-- `orchestrator`: runs those steps in a process pool and is the only writer of the instructor's
-  folder (`gradebook`: nbgrader's gradebook.db; `export`: the grades CSV);
+- `orchestrator`: runs those steps in a process pool (`jobs`; each job carries its `options`) and
+  is the only writer of the instructor's folder (`gradebook`: nbgrader's gradebook.db; `export`: the
+  grades CSV); it never imports what only a worker needs (torch, the probes);
 - `feedback`: nbgrader's feedback pages, with every hidden test removed.
 """

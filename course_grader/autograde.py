@@ -11,11 +11,9 @@ warnings on stderr cost nothing (`preprocessors.DropWarningStreams`).
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -23,78 +21,21 @@ import nbformat
 from .coursedir import Assignment, CourseFolder, NbgraderError, db_url, generate_assignment, run_converter
 from .preprocessors import (KERNEL_DIED_ERROR, KILLED_ERROR, NOT_RUN_ERROR, RESOURCE_LIMIT_ERROR,
                             STOPPED_AT_TIME_LIMIT, TIMEOUT_ERROR, CellTimeouts)
-from .record import GradeRecord, Status
-from .sandbox import (DEFAULT_CPU_SECONDS, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB,
-                      DEFAULT_SANDBOX, DEFAULT_SCRATCH_MB, SANDBOX_MODES, SandboxUnavailable, check_sandbox)
+from .options import DEFAULT_CELL_TIMEOUT_S, DEFAULT_SETUP_TIMEOUT_S, GradingOptions  # noqa: F401 (the API)
+from .record import GradeRecord, Status, sha256
+from .sandbox import SandboxUnavailable, check_sandbox
 from .audit import audit_cells
 from .verdict_process import prestart_verdict_factory, run_verdict_process, used_a_hidden_reference
 from .probes import calls_for
 from .verdicts import judge, new_seed
-from .submission import (UnreadableSubmission, cell_kind, grade_id, match_stripped_cells, read_submission,
-                         restore_cells)
+from .submission import (UnreadableSubmission, cell_kind, grade_id, match_stripped_cells, questions,
+                         read_submission, restore_cells)
 from .warm import prestart_kernel_factory
 
 #: Student id used inside the temporary course folder (the real id only goes into the record).
 SCRATCH_STUDENT = "student"
 #: Lines of nbgrader's log kept in a record.
 LOG_TAIL_LINES = 200
-
-
-#: Time limits of one cell (seconds): answer, test and student cells; read-only set-up cells (importing
-#: torch on a busy machine is slow).
-DEFAULT_CELL_TIMEOUT_S = 120
-DEFAULT_SETUP_TIMEOUT_S = 300
-
-
-@dataclass(frozen=True)
-class GradingOptions:
-    """How a student's kernel runs.
-
-    Time limits (seconds) of one cell: read-only set-up cells, and all the others; the sandbox mode
-    (`sandbox.SANDBOX_MODES`) and the kernel's resource limits; output kept per cell (KiB); whether
-    kernels are forked from a warm kernel factory (`warm`) or started from scratch.
-    """
-
-    timeout: int = DEFAULT_CELL_TIMEOUT_S
-    setup_timeout: int = DEFAULT_SETUP_TIMEOUT_S
-    sandbox: str = DEFAULT_SANDBOX
-    memory_mb: int = DEFAULT_MEMORY_MB
-    cpu_seconds: int = DEFAULT_CPU_SECONDS
-    max_processes: int = DEFAULT_MAX_PROCESSES
-    max_file_mb: int = DEFAULT_MAX_FILE_MB
-    scratch_mb: int = DEFAULT_SCRATCH_MB
-    max_output_kb: int = 1024
-    probe_seed: int = 0  # inputs of the grader's own checks; 0: a fresh random seed per submission
-    warm_kernels: bool = True
-
-    @property
-    def limits(self):
-        from .sandbox import Limits
-
-        return Limits(self.memory_mb, self.cpu_seconds, self.max_processes, self.max_file_mb,
-                      scratch_mb=self.scratch_mb)
-
-    def __post_init__(self) -> None:
-        for name in ("timeout", "setup_timeout", "memory_mb", "cpu_seconds", "max_processes", "max_file_mb",
-                     "scratch_mb", "max_output_kb"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.sandbox not in SANDBOX_MODES:
-            raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
-
-
-def questions(source: nbformat.NotebookNode) -> dict[str, float]:
-    """The graded test cells of a source notebook, ``grade_id -> points``, in notebook order."""
-    return {
-        grade_id(cell): float(cell.metadata["nbgrader"].get("points", 0))
-        for cell in source.cells
-        if cell_kind(cell) == "tests"
-    }
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def grade_submission(

@@ -78,7 +78,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
 
 
 def _grading_options(args: argparse.Namespace):
-    from .autograde import GradingOptions
+    from .options import GradingOptions
 
     return GradingOptions(timeout=args.timeout, setup_timeout=args.setup_timeout, sandbox=args.sandbox,
                           memory_mb=args.memory_mb, cpu_seconds=args.cpu_seconds, max_processes=args.max_processes,
@@ -173,7 +173,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         with _cluster(args, kind) as cluster:
             if cluster is not None:
                 print(f"course doctor: checking every worker of {cluster.description}", file=sys.stderr)
-            reports = doctor(options, cluster)
+            reports = doctor(options, cluster, workers=args.workers)
     for report in reports:
         print(report.line)
         for line in report.enforced:
@@ -216,7 +216,7 @@ def _add_course_dir(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 def _add_kernel_options(p: argparse.ArgumentParser) -> None:
     """Time limits and the sandbox of student kernels (`course grade`, `course doctor`)."""
-    from .autograde import DEFAULT_CELL_TIMEOUT_S, DEFAULT_SETUP_TIMEOUT_S
+    from .options import DEFAULT_CELL_TIMEOUT_S, DEFAULT_SETUP_TIMEOUT_S
     from .sandbox import (DEFAULT_CPU_SECONDS, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB, DEFAULT_SANDBOX,
                           DEFAULT_SCRATCH_MB, SANDBOX_MODES)
 
@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check what a sandboxed student kernel computes on (CPU or GPU), "
                                       "here or on every worker of a Dask cluster")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="with --executor dask and no --scheduler: worker processes of the cluster started here")
+                   help="check a kernel as `course grade --workers N` runs it (its share of the CPU cores); with "
+                        "--executor dask and no --scheduler: worker processes of the cluster started here")
     _add_kernel_options(p)
     _add_executor_options(p)
     p.set_defaults(func=_cmd_doctor)

@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .autograde import GradingOptions, sha256
+from .options import GradingOptions
 from .coursedir import CourseError
 from .environment import restored_environment
-from .jobs import GradingJob, grade_job
-from .record import GradeRecord, Status
+from .jobs import THREAD_COUNT_VARIABLES, GradingJob, LocalJobs, cpu_share, grade_job
+from .record import GradeRecord, Status, sha256
 
 #: The line an instructor sees when Dask is not installed.
 INSTALL_HINT = "pip install 'dask[distributed]' (or the course's extra: pip install 'course_lib[cluster]')"
@@ -61,8 +61,6 @@ GPU_RESOURCE = "GPU"
 TASK_RETRIES = 1
 #: Worker deaths a task survives on the cluster started here; then the orchestrator's own retry applies.
 LOCAL_ALLOWED_FAILURES = 0
-#: Libraries' thread counts, which Dask's nanny sets to 1 in its workers (and so in their kernels).
-THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: Prefix of the line the doctor notebook prints (parsed back from the graded notebook).
 DOCTOR_MARK = "COURSE-DOCTOR "
 DOCTOR_ASSIGNMENT = "course_doctor"
@@ -340,7 +338,7 @@ def local_worker_environments(workers: int, gpus_per_task: int, gpus: list[str] 
         raise ValueError(f"workers must be at least 1, got {workers}")
     if gpus_per_task < 0:
         raise ValueError(f"gpus_per_task must be 0 or more, got {gpus_per_task}")
-    threads = {name: str(max(1, (os.cpu_count() or 1) // workers)) for name in THREAD_COUNT_VARIABLES}
+    threads = cpu_share(workers)  # Dask's nanny would set 1 in its workers (and so in their kernels)
     if not gpus_per_task:
         return [dict(threads) for _ in range(workers)]
     gpus = visible_gpus() if gpus is None else gpus
@@ -480,6 +478,7 @@ def doctor_notebook() -> bytes:
             "total = float(torch.ones(4, device=device).sum())  # one computation on that device\n"
             "cuda = torch.cuda.is_available()\n"
             "facts = {'device': str(device), 'cuda': cuda, 'sum': total, 'torch': torch.__version__,\n"
+            "         'threads': torch.get_num_threads(),\n"
             "         'cuda_version': torch.version.cuda,\n"
             "         'gpus': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]\n"
             "                 if cuda else []}\n"
@@ -521,7 +520,9 @@ def doctor_report(where: str, record: GradeRecord, sandbox: str, want_gpu: bool)
     if facts is None or record.status != Status.GRADED:
         reason = record.message or "the kernel printed no device"
         return DoctorReport(where, False, f"{where}: the check did not run: {record.status}: {reason} {took}")
-    kernel = f"the kernel (sandbox {sandbox}) computes on {facts['device']}"
+    threads = facts.get("threads")
+    kernel = f"the kernel (sandbox {sandbox}) computes on {facts['device']}" + \
+        (f" ({_count(threads, 'CPU thread')})" if isinstance(threads, int) else "")
     if facts["cuda"]:
         line = (f"{where}: {kernel}: {len(facts['gpus'])} GPU ({', '.join(facts['gpus'])}), "
                 f"torch {facts['torch']}, CUDA {facts['cuda_version']} {took}")
@@ -531,14 +532,16 @@ def doctor_report(where: str, record: GradeRecord, sandbox: str, want_gpu: bool)
     return DoctorReport(where, not want_gpu, f"{where}: {kernel}{hint}; torch {facts['torch']} {took}", facts)
 
 
-def doctor(options: GradingOptions, grading: DaskGrading | None = None) -> list[DoctorReport]:
-    """Grade the doctor notebook in a sandboxed kernel: here, or once on every eligible worker of ``grading``."""
+def doctor(options: GradingOptions, grading: DaskGrading | None = None, workers: int = 1) -> list[DoctorReport]:
+    """Grade the doctor notebook in a sandboxed kernel: in a worker of a local pool of ``workers`` (as
+    `course grade --workers` would), or once on every eligible worker of ``grading``."""
     from .enforcement import enforcement_lines
 
     source = doctor_notebook()
     job = GradingJob(DOCTOR_ASSIGNMENT, "doctor", source, source, None, options)
-    if grading is None:  # the same task a worker runs, in this process
-        record = GradeRecord.from_json(grade_on_worker(job))
+    if grading is None:
+        with LocalJobs(workers) as pool:
+            record = pool.submit(job).result()
         report = doctor_report("this machine", record, options.sandbox, want_gpu=False)
         report.enforced = enforcement_lines(options.sandbox, options.limits, options.warm_kernels)
         return [report]

@@ -18,8 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from .autograde import GradingOptions, grade_submission
-from .preprocessors import TOO_MANY_FILES, describe_open_files_limit
+from .options import GradingOptions
 from .record import GradeRecord, Status
 
 #: Bytes of the grading process's and its kernels' output kept in a record's log (the end of it).
@@ -68,6 +67,9 @@ def _captured_process_output() -> Iterator[Callable[[], str]]:
 
 def grade_job(job: GradingJob) -> GradeRecord:
     """Grade one submission; the output of the grading process and its kernels goes into the record's log."""
+    from .autograde import grade_submission  # a worker's import: the planning process never needs it
+    from .preprocessors import TOO_MANY_FILES
+
     with _captured_process_output() as output:
         record = grade_submission(job.assignment, job.source_notebook, job.submitted_notebook, student=job.student,
                                   timestamp=job.timestamp, options=job.options)
@@ -81,6 +83,8 @@ def grade_job(job: GradingJob) -> GradeRecord:
 
 def open_files_reason(options: GradingOptions) -> str:
     """``too many open files (limit 1024)``: why a kernel that ran out of file descriptors failed."""
+    from .preprocessors import describe_open_files_limit
+
     return describe_open_files_limit(None if options.sandbox == "off" else options.limits.max_open_files)
 
 
@@ -94,11 +98,35 @@ class JobExecutor(Protocol):
     def __exit__(self, *exc) -> None: ...
 
 
+#: Libraries' thread counts. Each grading worker (and so each of its kernels) gets its share of the
+#: cores: left at one thread per core, two kernels on two cores run four threads that spin while
+#: waiting for each other, and grading takes half as long again.
+THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def cpu_share(workers: int) -> dict[str, str]:
+    """The thread-count variables for one of ``workers`` processes sharing this machine's cores."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    return {name: threads for name in THREAD_COUNT_VARIABLES}
+
+
+def _take_cpu_share(share: dict[str, str]) -> None:
+    """A local worker's start: its share of the cores, unless the instructor set a count explicitly."""
+    for name, value in share.items():
+        os.environ.setdefault(name, value)
+
+
 class LocalJobs:
-    """Worker processes on this machine ("spawn": a clean interpreter on every platform), one job each at a time."""
+    """Worker processes on this machine ("spawn": a clean interpreter on every platform), one job each at a time.
+
+    Each worker's kernels use its share of the cores (`cpu_share`).
+    """
 
     def __init__(self, workers: int) -> None:
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_take_cpu_share, initargs=(cpu_share(workers),))
 
     def submit(self, job: GradingJob) -> Future:
         return self._pool.submit(grade_job, job)
@@ -107,7 +135,8 @@ class LocalJobs:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._pool.shutdown(wait=True)
+        # leaving on an error (a course that cannot be set up, Ctrl-C): what has not started never will
+        self._pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
 
 
 def local_pool(workers: int) -> LocalJobs:
@@ -115,4 +144,5 @@ def local_pool(workers: int) -> LocalJobs:
     return LocalJobs(workers)
 
 
-__all__ = ["GradingJob", "JobExecutor", "LocalJobs", "grade_job", "local_pool", "open_files_reason"]
+__all__ = ["THREAD_COUNT_VARIABLES", "GradingJob", "JobExecutor", "LocalJobs", "cpu_share", "grade_job", "local_pool",
+           "open_files_reason"]

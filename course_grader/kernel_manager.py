@@ -22,6 +22,20 @@ from .sandboxed.kernel_factory import remove_tree
 from .warm import kernel_factory, pass_on_kernel_output
 
 
+#: ipykernel option that stops it forwarding what is written to file descriptors 1 and 2 (C extensions,
+#: logging handlers made before the kernel started) as cell output. A kernel out of file descriptors
+#: logs each failed send there; forwarded, each log line is one more failed send, and the loop fills
+#: the cell's output until its time limit, hiding the cause. Python's own prints are still output.
+NO_FD_CAPTURE = "--IPKernelApp.capture_fd_output=False"
+
+
+def without_fd_capture(kernel_cmd: list[str]) -> list[str]:
+    """``kernel_cmd`` with `NO_FD_CAPTURE` when it starts ipykernel (another kernel is left as it is)."""
+    if is_kernel_launcher(kernel_cmd) and NO_FD_CAPTURE not in kernel_cmd:
+        return [*kernel_cmd, NO_FD_CAPTURE]
+    return kernel_cmd
+
+
 class SandboxedKernelManager(AsyncKernelManager):
     """A kernel manager whose kernels run in the sandbox (see the module's docstring).
 
@@ -60,7 +74,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         check_sandbox(self.sandbox)
         if self.sandbox == "off":
             kw["env"] = {**kw.get("env", os.environ), **GRADING_KERNEL_ENV}
-            return await super()._async_pre_start_kernel(**kw)
+            kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
+            return without_fd_capture(kernel_cmd), kw
         if self.warm and is_kernel_launcher(self.kernel_spec.argv):
             self._factory = kernel_factory(self.sandbox, self.limits)
             self._scratch = self._factory.new_kernel_dir()
@@ -78,6 +93,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         self.connection_file = str(self._scratch / "kernel.json")
         self.kernel_spec.interrupt_mode = "message"
         kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
+        kernel_cmd = without_fd_capture(kernel_cmd)
         if uid is not None:
             os.chown(self.connection_file, uid, uid)
         kw["cwd"] = str(self._scratch / "work")

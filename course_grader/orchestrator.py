@@ -18,13 +18,14 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .autograde import GradingOptions, questions, sha256
+from .options import GradingOptions
 from .coursedir import Assignment, CourseError, CourseFolder, write_course_config
 from .export import load_record, record_path
 from .gradebook import has_assignment, store_record
 from .jobs import GradingJob, JobExecutor, local_pool
-from .record import GradeRecord, Status
-from .submission import MAX_NOTEBOOK_BYTES, UnreadableSubmission, read_regular_file, read_submission_file
+from .record import GradeRecord, Status, sha256
+from .submission import (MAX_NOTEBOOK_BYTES, UnreadableSubmission, questions, read_regular_file,
+                         read_submission_file)
 
 #: How many times a submission is sent to a fresh pool after its worker process died.
 POOL_RETRIES = 1
@@ -241,11 +242,19 @@ def grade_folder(
         raise ValueError(f"workers must be at least 1, got {workers}")
     course_dir = Path(course_dir)
     run = GradingRun()
-    pending = _plan(submissions_dir, sources, course_dir, options, regrade, only, run)
+    pending, without_kernel = _plan(submissions_dir, sources, course_dir, regrade, only, run)
     jobs = [(task, GradingJob(task.assignment, task.student, sources[task.assignment].source_bytes(), notebook,
                               task.timestamp(), options)) for task, notebook in pending]
+
+    def prepare_course() -> None:  # nbgrader's course set-up: seconds, while the workers start
+        ensure_course(course_dir, sorted({sources[t.assignment] for t, _ in [*pending, *without_kernel]},
+                                         key=lambda a: a.name), options.setup_timeout)
+        for task, record in without_kernel:
+            store(course_dir, task, record)
+            run.graded.append(record)
+
     with tqdm(total=len(pending), desc="grading", unit="notebook", disable=not progress or not pending) as bar:
-        for task, record in _fan_out(jobs, sources, workers, make_executor):
+        for task, record in _fan_out(jobs, sources, workers, make_executor, meanwhile=prepare_course):
             store(course_dir, task, record)
             run.graded.append(record)
             bar.update(1)
@@ -253,19 +262,19 @@ def grade_folder(
     return run
 
 
-def _plan(submissions_dir: Path, sources: dict[str, Assignment], course_dir: Path, options: GradingOptions,
-          regrade: bool, only: list[str] | None, run: GradingRun) -> list[tuple[SubmissionTask, bytes]]:
-    """Prepare the course folder; record what needs no kernel (skipped, missing); return the rest, each with
-    the notebook's bytes as read now (what is graded is what was checked here, whatever happens to the file)."""
+def _plan(submissions_dir: Path, sources: dict[str, Assignment], course_dir: Path, regrade: bool,
+          only: list[str] | None, run: GradingRun) -> tuple[list[tuple[SubmissionTask, bytes]],
+                                                            list[tuple[SubmissionTask, GradeRecord]]]:
+    """What to grade: each submission that needs a kernel, with the notebook's bytes as read now (what is
+    graded is what was checked here, whatever happens to the file), and the records of those that need
+    none (refused, missing). Already graded ones go to ``run.skipped``. The course folder is set up later."""
     tasks = discover(submissions_dir, only, expected=sorted(sources))
     for task in tasks:
         if task.assignment not in sources:
             print(f"course: NOT GRADED {task.folder}: no assignment named {task.assignment!r} "
                   f"(known: {', '.join(sorted(sources)) or 'none'})", file=sys.stderr)
-    tasks = [t for t in tasks if t.assignment in sources]
-    ensure_course(course_dir, sorted({sources[t.assignment] for t in tasks}, key=lambda a: a.name), options.setup_timeout)
-    pending = []
-    for task in tasks:
+    pending, without_kernel = [], []
+    for task in (t for t in tasks if t.assignment in sources):
         source = sources[task.assignment]
         try:
             notebook = None if task.refusal else read_submission_file(task.notebook_path)
@@ -275,32 +284,36 @@ def _plan(submissions_dir: Path, sources: dict[str, Assignment], course_dir: Pat
             task = SubmissionTask(task.student, task.assignment, task.folder, str(error))
         _copy_into_course(course_dir, task)  # nothing of a refused one
         if task.refusal:
-            record = _record_without_kernel(task, source, Status.FAILED, task.refusal)
+            without_kernel.append((task, _record_without_kernel(task, source, Status.FAILED, task.refusal)))
         elif not regrade and _already_graded(course_dir, task, source, notebook):
             run.skipped.append(task)
-            continue
         elif notebook is None:
-            record = _missing_notebook_record(task, source)
+            without_kernel.append((task, _missing_notebook_record(task, source)))
         else:
             pending.append((task, notebook))
-            continue
-        store(course_dir, task, record)
-        run.graded.append(record)
-    return pending
+    return pending, without_kernel
 
 
 def _fan_out(pending: list[tuple[SubmissionTask, GradingJob]], sources: dict[str, Assignment], workers: int,
-             make_executor: Callable[[int], JobExecutor]) -> Iterator[tuple[SubmissionTask, GradeRecord]]:
-    """Grade ``pending`` on the executor, yielding each record as soon as it is ready.
+             make_executor: Callable[[int], JobExecutor],
+             meanwhile: Callable[[], None] = lambda: None) -> Iterator[tuple[SubmissionTask, GradeRecord]]:
+    """Grade ``pending`` on the executor, yielding each record as soon as it is ready; ``meanwhile()``
+    runs once, after the first jobs are submitted (while the workers start), before any record is read.
 
     A worker process that dies takes the pool with it: its submissions go to a fresh pool once
     more, then count as errors. Any other failure of the grader becomes an error record.
     """
     attempts: Counter = Counter()
+    if not pending:
+        meanwhile()
+    first_round = True
     while pending:
         retry = []
         with make_executor(min(workers, len(pending))) as pool:
             futures = {pool.submit(job): (task, job) for task, job in pending}
+            if first_round:
+                meanwhile()
+                first_round = False
             for future in as_completed(futures):
                 task, job = futures[future]
                 try:

@@ -6,8 +6,14 @@ gradebook. The graded notebook travels inside it as JSON text.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: how a record names the exact notebook bytes it graded."""
+    return hashlib.sha256(data).hexdigest()
 
 
 class Status:

@@ -70,7 +70,8 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt/conda"
 ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "passwd", "group",
                "hosts", "ssl", "ca-certificates", "fonts", "alternatives", "matplotlibrc", "mime.types")
 #: Environment variables passed from the grader to the kernel (everything else is cleared).
-PASSED_ENV = ("LANG", "LC_ALL", "MPLBACKEND", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+PASSED_ENV = ("LANG", "LC_ALL", "MPLBACKEND", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+              "CUDA_VISIBLE_DEVICES",
               "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "PYTHONHASHSEED")
 PASSED_ENV_PREFIXES = ("COURSE_",)
 #: Set in every grading kernel: failed checks keep IPython's full traceback, whose "Cell In[N], line L"

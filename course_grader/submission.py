@@ -190,6 +190,12 @@ def cell_kind(cell) -> str:
     return "free"
 
 
+def questions(source: nbformat.NotebookNode) -> dict[str, float]:
+    """The graded test cells of a source notebook, ``grade_id -> points``, in notebook order."""
+    return {grade_id(cell): float(cell.metadata["nbgrader"].get("points", 0))
+            for cell in source.cells if cell_kind(cell) == "tests"}
+
+
 @dataclass
 class Repair:
     """What `restore_cells` changed, in one-line descriptions for the grade record: ``problems``

@@ -24,6 +24,7 @@ from course_grader.cluster import ClusterError, dask_grading, doctor, local_work
 from course_grader.coursedir import Assignment
 from course_grader.environment import isolated_environment
 from course_grader.export import write_grades_csv
+from course_grader.jobs import THREAD_COUNT_VARIABLES, cpu_share
 from course_grader.orchestrator import grade_folder, local_pool
 from course_grader.submission import grade_id
 
@@ -242,7 +243,8 @@ def test_doctor_reports_what_each_workers_sandboxed_kernel_computes_on(dask_clus
     for report in reports:
         assert report.ok, report.line
         assert report.facts["device"] == "cpu" and report.facts["sum"] == 4.0
-        assert f"the kernel (sandbox {OPTIONS.sandbox}) computes on cpu" in report.line
+        assert f"the kernel (sandbox {OPTIONS.sandbox}) computes on cpu (1 CPU thread)" in report.line
+        assert report.facts["threads"] == 1  # Dask's workers of one thread: their kernels too
         assert "\n" not in report.line
         assert report.enforced[0].startswith("each process: 1536 MiB of data"), report.enforced
         assert any(line.startswith("the whole sandbox:") for line in report.enforced)
@@ -251,6 +253,21 @@ def test_doctor_reports_what_each_workers_sandboxed_kernel_computes_on(dask_clus
 def course(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "course_grader.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def test_the_local_doctor_checks_a_kernel_with_its_share_of_the_cores(tmp_path):
+    """Kernels of `course grade --workers 2` get half the cores each: more threads than cores, spinning
+    while they wait for each other, made grading half as slow again."""
+    share = max(1, (os.cpu_count() or 1) // 2)
+    environment = {name: value for name, value in os.environ.items() if name not in THREAD_COUNT_VARIABLES}
+    result = subprocess.run([sys.executable, "-m", "course_grader.cli", "doctor", "--workers", "2", "--memory-mb",
+                             "1536", "--max-processes", "64"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env=environment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = result.stdout.splitlines()[0]
+    threads = "1 CPU thread" if share == 1 else f"{share} CPU threads"
+    assert line.startswith(f"this machine: the kernel (sandbox {OPTIONS.sandbox}) computes on cpu ({threads})"), line
+    assert cpu_share(2) == {name: str(share) for name in THREAD_COUNT_VARIABLES}
 
 
 def test_a_dead_worker_costs_only_its_submission_then_an_error_record(dask_cluster, tmp_path):

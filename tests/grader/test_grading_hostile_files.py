@@ -593,19 +593,24 @@ def test_a_kernel_out_of_file_descriptors_and_a_300_mb_print_read_as_such():
     cells = ["files = []\nwhile True:\n    files.append(open('/dev/null'))",
              "for handle in files:\n    handle.close()\ndel files",
              "print('x' * 300_000_000)",
-             "print('after')"]
+             "print('after')",
+             # what reaches descriptor 2 directly (C code, early logging handlers) is the kernel's log, not
+             # output: out of descriptors, ipykernel logs each failed send there, and forwarding that
+             # log as output made a loop that flooded the first cell until its time limit
+             "import os\nos.write(2, b'E' * 200_000)\nprint('written')"]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in cells])
     config = Config({"SandboxedKernelManager": {"sandbox": "rlimits", "warm": False,
                                                 "max_open_files": KERNEL_OPEN_FILES}})
     # iopub_timeout: nbclient's wait for a finished cell's output, which the 300 MB take longer than
     execute = preprocessors.GuardedExecute(config=config, timeout=60, setup_timeout=60, iopub_timeout=1)
     nb, _ = execute.preprocess(nb, {"metadata": {"path": tempfile.gettempdir()}})
-    out_of_files, _, flood, after = (c.outputs for c in nb.cells)
+    out_of_files, _, flood, after, descriptor_two = (c.outputs for c in nb.cells)
     reasons = [limit_note(o) for o in out_of_files if limit_note(o)]
     assert reasons == [f"too many open files (limit {KERNEL_OPEN_FILES})"]
     assert not any(o.output_type == "error" for o in flood), flood  # no timeout: the kernel had finished
     assert "were dropped" in flood[-1].text
     assert after[0].text == "after\n"
+    assert [(o.output_type, o.get("text")) for o in descriptor_two] == [("stream", "written\n")]
 
 
 # --------------------------------------------------------- end to end: a pasted, a deep answer
@@ -636,3 +641,13 @@ def test_pasted_cells_and_deep_answers_are_graded_not_failed(tmp_path):
     assert records["deep"].scores == {"q1_tests": 0.0, "q2_tests": 1.0}, records["deep"].message
     # the kernel cannot run that cell either: q1 fails in the notebook; the audit only reports the cell
     assert f"q1_answer could not be read: nested too deeply: {REPORTED}" in records["deep"].message
+
+
+def test_grading_kernels_keep_descriptor_output_out_of_their_cells():
+    from course_grader.kernel_manager import NO_FD_CAPTURE, without_fd_capture
+
+    ipykernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "kernel.json"]
+    assert without_fd_capture(ipykernel) == [*ipykernel, NO_FD_CAPTURE]
+    assert without_fd_capture(without_fd_capture(ipykernel)) == [*ipykernel, NO_FD_CAPTURE]
+    other_kernel = ["/usr/bin/R", "--slave", "-f", "kernel.json"]
+    assert without_fd_capture(other_kernel) == other_kernel

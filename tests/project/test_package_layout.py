@@ -128,6 +128,21 @@ def test_course_lib_imports_whole_without_nbgrader_or_the_grader(tmp_path):
     assert int(done.stdout.split()[1]) > 40
 
 
+PLANNER_IMPORTS = """
+import sys
+import course_grader.cli, course_grader.orchestrator, course_grader.cluster
+print(sorted(m for m in ("torch", "nbconvert", "course_grader.autograde", "course_grader.probes") if m in sys.modules))
+"""
+
+
+def test_the_process_that_plans_and_stores_a_run_never_imports_what_only_workers_need(tmp_path):
+    """`course grade` plans while its workers start: importing torch there (seconds) would delay both."""
+    done = subprocess.run([sys.executable, "-c", PLANNER_IMPORTS], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_every_module_is_reachable_as_an_attribute_of_its_package():
     """A module named like a function its package exports would be hidden behind that function."""
     import importlib
