@@ -198,7 +198,7 @@ def test_a_notebook_swapped_for_a_link_after_planning_changes_nothing(tmp_path, 
     """The bytes read (and checked) while planning are the job's: no worker opens the student's file again."""
     from concurrent.futures import Future
 
-    from course_grader import jobs
+    from course_grader import autograde, jobs
 
     submitted = tmp_path / "submitted" / "late_swap" / NAME / f"{NAME}.ipynb"
     submitted.parent.mkdir(parents=True)
@@ -229,7 +229,7 @@ def test_a_notebook_swapped_for_a_link_after_planning_changes_nothing(tmp_path, 
             future.set_result(jobs.grade_job(job))
             return future
 
-    monkeypatch.setattr(jobs, "grade_submission", grade)
+    monkeypatch.setattr(autograde, "grade_submission", grade)  # what a worker's grade_job imports
     with isolated_environment(tmp_path / "home", ROOT):
         run = orchestrator.grade_folder(tmp_path / "submitted", {NAME: Assignment(NAME, FIXTURE)}, tmp_path / "course",
                                         progress=False, make_executor=SwappingJobs)
@@ -572,9 +572,9 @@ def test_a_kernel_that_died_out_of_file_descriptors_says_so(monkeypatch):
         return GradeRecord(student, assignment, assignment, Status.KILLED,
                            message="the kernel was stopped while running cell 3 (q1_answer): it aborted")
 
-    from course_grader import jobs
+    from course_grader import autograde, jobs
 
-    monkeypatch.setattr(jobs, "grade_submission", dies)
+    monkeypatch.setattr(autograde, "grade_submission", dies)  # what a worker's grade_job imports
     options = GradingOptions()
     record = jobs.grade_job(jobs.GradingJob(NAME, "emfile", b"", b"", None, options))
     assert record.message.endswith(f"; the kernel's own output says: too many open files "
