@@ -180,6 +180,41 @@ def nbgrader_config(root: Path, assignment: str = "", student: str = "", **setti
     return config
 
 
+def alembic_head() -> str:
+    """The gradebook schema's version that nbgrader writes into every new gradebook, read in this process.
+
+    nbgrader asks for it by running ``alembic heads`` in a subprocess each time it creates a
+    gradebook: a Python start of about 2.5 s, paid by every grading worker for each assignment. The
+    answer is fixed by the installed nbgrader, so it is read once from its migration scripts.
+    """
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from nbgrader.dbutil import _temp_alembic_ini
+
+    with _temp_alembic_ini("sqlite://") as alembic_ini:  # only the scripts are read: no database is opened
+        return ScriptDirectory.from_config(Config(alembic_ini)).get_current_head()
+
+
+def _read_alembic_head_in_process() -> None:
+    """Make nbgrader use `alembic_head` (once per process; nbgrader's own way stays if it fails)."""
+    import nbgrader.api as api
+
+    if getattr(api.get_alembic_version, "reads_in_process", False):
+        return
+    subprocess_way = api.get_alembic_version
+    try:
+        head = alembic_head()
+    except Exception:  # another nbgrader layout: keep its subprocess
+        return
+
+    def get_alembic_version() -> str:
+        return head
+
+    get_alembic_version.reads_in_process = True
+    get_alembic_version.subprocess_way = subprocess_way
+    api.get_alembic_version = get_alembic_version
+
+
 def run_converter(converter_class, root: Path, assignment: str, student: str = "", name: str = "nbgrader",
                   **settings) -> list[str]:
     """Run one nbgrader converter (GenerateAssignment, Autograde, ...) in ``root``; returns its log lines.
@@ -190,6 +225,7 @@ def run_converter(converter_class, root: Path, assignment: str, student: str = "
     from nbgrader.coursedir import CourseDirectory
 
     quiet_libraries()
+    _read_alembic_head_in_process()
     config = nbgrader_config(root, assignment, student, **settings)
     logger, handler = capturing_logger(name)
     coursedir = CourseDirectory(config=config, log=logger)

@@ -220,3 +220,25 @@ def test_feedback_shows_scores_but_never_hidden_tests(graded):
     assert "A hidden test failed" in partial and "Score: 3.0 / 9.0" in partial
     corrupt = page_text(course_dir / "feedback" / "corrupt" / EX1 / f"{EX1}.html")
     assert "could not be graded" in corrupt and "not valid JSON" in corrupt
+
+
+def test_a_new_gradebook_gets_nbgrader_s_schema_version_without_starting_alembic(tmp_path, monkeypatch):
+    """nbgrader runs `alembic heads` (a 2.5 s Python start) for each new gradebook; the grader reads
+    the same answer in its own process, once."""
+    import sqlite3
+
+    import nbgrader.api as api
+
+    from course_grader.coursedir import Assignment, alembic_head, generate_assignment
+
+    subprocess_way = getattr(api.get_alembic_version, "subprocess_way", api.get_alembic_version)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin")  # where nbgrader finds `alembic`
+    assert alembic_head() == subprocess_way()  # the same version as nbgrader's own way
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"nbgrader started a process: {args}")
+
+    monkeypatch.setattr(api.sp, "check_output", no_subprocess)
+    generate_assignment(tmp_path / "course", Assignment("redteam", ROOT / "tests" / "fixtures" / "redteam" / "redteam.ipynb"))
+    with sqlite3.connect(tmp_path / "course" / "gradebook.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(alembic_head(),)]
