@@ -46,13 +46,13 @@ class GradingOptions:
                       scratch_mb=self.scratch_mb)
 
     def __post_init__(self) -> None:
-        for name in ("timeout", "setup_timeout", "memory_mb", "cpu_seconds", "max_processes", "max_file_mb",
-                     "scratch_mb", "max_output_kb"):
+        for name in ("timeout", "setup_timeout", "max_output_kb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.sandbox not in SANDBOX_MODES:
             raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
+        self.limits  # building `Limits` checks the resource limits the same way
 
 
 __all__ = ["DEFAULT_CELL_TIMEOUT_S", "DEFAULT_SETUP_TIMEOUT_S", "GradingOptions"]

@@ -29,7 +29,7 @@ from course_grader.verdicts import encode, judge
 from probe_checks import grader_calls, printed as _printed, solution_answers, solution_source, verdicts
 from probe_checks import with_mistake as _with_mistake
 
-pytestmark = pytest.mark.sandbox
+pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("one_thread")]
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSIGNMENT = "05_faster_rcnn_step_by_step"
@@ -39,15 +39,6 @@ SEEDS = range(12)
 MAX_PRINTED_BYTES = 200_000
 QUESTIONS = {f"q{i}_tests" for i in range(1, 8)}
 POINTS = {"q1_tests": 3, "q2_tests": 3, "q3_tests": 2, "q4_tests": 2, "q5_tests": 2, "q6_tests": 3, "q7_tests": 3}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than several fighting over a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

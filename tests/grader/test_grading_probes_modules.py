@@ -22,7 +22,7 @@ from course_grader.probes import calls_for
 from course_grader.probe_types import ModuleCall
 from course_grader.verdicts import by_question, encode, judge, payload, results_in_process
 
-pytestmark = pytest.mark.sandbox
+pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("one_thread")]
 
 ROOT = Path(__file__).resolve().parents[2]
 EX1, EX2 = "01_blocks_and_resnets", "02_convnext"
@@ -36,15 +36,6 @@ def _cells(assignment: str) -> dict[str, str]:
 
 
 CELLS = {EX1: _cells(EX1), EX2: _cells(EX2)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on busy cores: one thread is fastest (the grader does the same)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def answers(assignment: str, **changes: tuple[str, str] | str) -> dict:

@@ -21,17 +21,10 @@ from course_lib.detection.faster_rcnn.roi_heads import (
 )
 from course_lib.detection.matching import IGNORE
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see tests/conftest.py
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SEEDS = [0, 1, 2, 3]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than several fighting over a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def torchvision_roi_heads(batch_size: int = 128, score_thresh: float = 0.05, nms_thresh: float = 0.5,

@@ -32,17 +32,11 @@ from course_lib.detection.faster_rcnn.rpn import (
 )
 from course_lib.detection.matching import IGNORE, NEGATIVE, POSITIVE
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see tests/conftest.py
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SEEDS = [0, 1, 2, 3]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than several fighting over a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # The lesson's image: two helmets, (y1, x1, y2, x2) in the source; ours (x1, y1, x2, y2).
 LESSON_BOXES = torch.tensor([[160, 147, 260, 234], [139, 312, 200, 348]], dtype=torch.float32)[:, [1, 0, 3, 2]]

@@ -26,6 +26,8 @@ from course_lib.detection.faster_rcnn.train_shapes import (
 from course_lib.detection.train import TrainHistory
 from course_lib.detection.train_shapes_ssd import ShapesRecipe, evaluate_ssd
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see tests/conftest.py
+
 #: A tiny run through the same code: a few steps on a few images.
 TINY = replace(QUICK_RECIPE, train_images=24, val_images=6, steps=3, batch_size=4)
 #: The shipped file's quality, checked on the first images of the held-out split.
@@ -33,15 +35,6 @@ SHIPPED_MAP_50 = 0.90
 SUBSET_IMAGES = 150
 #: "A few MB at most".
 MAX_FILE_BYTES = 4 * 2 ** 20
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one thread is faster than several fighting over a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -328,15 +328,6 @@ def test_targets_resolve_collisions_to_the_object_listed_last():
         build_targets([{"boxes": boxes, "labels": torch.tensor([1])}], anchors, (2, 2), 16)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions run faster on one CPU thread than on several competing for busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_training_reduces_the_loss_and_finds_the_objects(one_thread):
     generator = torch.Generator().manual_seed(8)
     anchors = torch.tensor([[6.0, 6.0], [12.0, 8.0]])
